@@ -1,0 +1,1 @@
+"""Headless front end: ``dcb <subcommand>`` for cron, scripts and CI. Imports services only."""

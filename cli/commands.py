@@ -1,0 +1,63 @@
+"""The headless subcommands: each takes the parsed args and the config, returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cli.render import print_json, status_text, table
+from services.config import SECTIONS, Config
+from services.docker_gateway import DockerGateway
+from services.errors import NotFound
+from services.status import collect_status
+
+AddCommand = Callable[..., argparse.ArgumentParser]
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    gw = DockerGateway.connect()
+    try:
+        st = collect_status(cfg, gw)
+    finally:
+        gw.close()
+    if args.json:
+        print_json(st.to_json())
+    else:
+        print(status_text(st))
+    if st.problems:
+        for p in st.problems:
+            sys.stderr.write(f"dcb: {p}\n")
+        return NotFound.exit_code
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
+    values = cfg.as_dict()
+    if args.json:
+        print_json({
+            "file": str(cfg.path) if cfg.path else None,
+            "settings": {
+                f"{s}.{k}": {"value": v, "source": cfg.sources[f"{s}.{k}"]}
+                for s in SECTIONS for k, v in values[s].items()
+            },
+        })
+        return 0
+    print(f"# file: {cfg.path or '(none: built-in defaults)'}")
+    rows: list[list[str]] = []
+    for s in SECTIONS:
+        for k, v in values[s].items():
+            rows.append([f"{s}.{k}", _show(v), cfg.sources[f"{s}.{k}"]])
+    print(table(rows, ["KEY", "VALUE", "SOURCE"]))
+    return 0
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(v) + "]"
+    return str(v)
+
+
+def register_more(add: AddCommand) -> None:
+    """Hook for the backup/restore commands (kept apart so main.py stays small)."""

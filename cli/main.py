@@ -1,0 +1,113 @@
+"""``dcb``: with no subcommand, the TUI; with one, a headless command.
+
+Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 Docker unreachable,
+4 something configured is missing, 5 another run holds the lock, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from services import __version__
+from services.config import Config, load_config
+from services.errors import DcbError
+
+EPILOG = """\
+configuration:
+  dcb.toml is found by --config, then $DCB_CONFIG, then ./dcb.toml, then the user's
+  config dir (~/.config/dcb/dcb.toml). Every key has a default for the Dart Cloud stack.
+  Any key can be overridden by DCB_<SECTION>_<KEY>, e.g. DCB_STORAGE_BACKUP_DIR=/srv/backups.
+  The PostgreSQL password comes from $POSTGRES_PASSWORD or [stack] password_file (mode 0600).
+
+exit codes:
+  0 ok, 1 failed, 2 bad usage/config, 3 Docker unreachable, 4 not found, 5 locked, 130 interrupted
+
+examples:
+  dcb                      open the full-screen console
+  dcb status               containers, volumes, disk and backups at a glance
+  dcb status --json        the same, for scripts
+  dcb config --show        every setting and where it came from
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"dcb: {message}\n")
+        sys.exit(2)
+
+
+def _common() -> _Parser:
+    p = _Parser(add_help=False)
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                   help="configuration file (default: $DCB_CONFIG, ./dcb.toml, user config dir)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="dcb",
+        description="Backup and disaster recovery for a Docker Compose stack "
+        "(PostgreSQL databases and named volumes). Without a command, opens the console.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"dcb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    from cli import commands
+
+    def add(name: str, help_: str, func: Callable[[argparse.Namespace, Config], int],
+            description: str | None = None) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_, description=description or help_, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("status", "show containers, volumes, disk usage and backups", commands.cmd_status,
+            "Show each configured container (state, health, image, uptime), each volume (size, "
+            "users), the backup directory's filesystem and the newest backup.\n"
+            "Exits 3 when Docker is unreachable, 4 when a configured container or volume is "
+            "missing.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = add("config", "show the effective configuration", commands.cmd_config,
+            "Print every setting with its value and where it came from "
+            "(default, file, environment, command line).")
+    p.add_argument("--show", action="store_true", help="show values and sources (the default)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    commands.register_more(add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(getattr(args, "config", None))
+        if args.command is None:
+            from tui.app import run_tui
+
+            return run_tui(cfg)
+        code: int = args.func(args, cfg)
+        return code
+    except DcbError as e:
+        sys.stderr.write(f"dcb: {e.message}\n")
+        if e.hint:
+            sys.stderr.write(f"hint: {e.hint}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("dcb: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

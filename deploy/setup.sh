@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One-step setup on a Debian machine (run as root, or with sudo available):
+#   Debian packages, the Python venv (.venv) with dcb installed, and a Docker engine.
+#   deploy/setup.sh            what `dcb` needs
+#   deploy/setup.sh --test     also what the test suite needs (test images, tools)
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+pkgs=(python3 python3-venv python3-pip ca-certificates)
+# Only install Debian's engine where no engine is installed (never fight docker-ce).
+command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
+if [ $want_test = 1 ]; then
+    pkgs+=(debootstrap busybox-static tmux rsync openssh-server openssh-client \
+           postgresql-client e2fsprogs util-linux procps)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq || log "apt-get update reported errors; trying anyway"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+# The venv: reinstall only when pyproject.toml changed.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.dcb-installed
+sum=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ] || ! .venv/bin/python -c 'import cli.main' 2>/dev/null; then
+    log "installing dcb and its dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev]'
+    echo "$sum" > "$stamp"
+fi
+
+# A Docker engine: use the one that answers; otherwise start Debian's dockerd without
+# touching the host's firewall or creating a bridge network.
+if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (--iptables=false --ip6tables=false --bridge=none)"
+    $SUDO mkdir -p /var/log
+    # setsid + redirected output: the engine must not hold our stdout open.
+    $SUDO setsid dockerd --iptables=false --ip6tables=false --bridge=none \
+        >/var/log/dcb-dockerd.log 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || { tail -20 /var/log/dcb-dockerd.log >&2; exit 1; }
+fi
+
+if [ $want_test = 1 ]; then
+    log "building test images (cached by tag)"
+    bash tests/images/build.sh
+fi

@@ -1,0 +1,267 @@
+"""Configuration: defaults < ``dcb.toml`` < ``DCB_<SECTION>_<KEY>`` env < command-line flags.
+
+Every key has a default matching the Dart Cloud stack, so dcb runs with no file at all.
+Validation is strict: an unknown section or key, or a value of the wrong type, is a
+``ConfigError`` naming the file and the key. Where each value came from is recorded so
+``dcb config --show`` can explain it.
+
+Secrets never live in the TOML: the PostgreSQL password comes from ``$POSTGRES_PASSWORD`` or a
+``password_file`` that only its owner may read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from services.errors import ConfigError
+
+CONFIG_FILENAME = "dcb.toml"
+ENV_PREFIX = "DCB_"
+COMPRESSIONS = ("zstd", "gzip", "none")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """The Docker Compose stack dcb protects."""
+
+    postgres_container: str = "dart-cloud-postgres"
+    postgres_user: str = "postgres"
+    password_file: str = ""
+    databases: tuple[str, ...] = ("dart_cloud", "functions_db")
+    volumes: tuple[str, ...] = ("postgres_data", "functions_data")
+    app_containers: tuple[str, ...] = ("dart-cloud-backend",)
+    postgres_data_volume: str = "postgres_data"
+    stop_during_backup: tuple[str, ...] = ("dart-cloud-backend",)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where and how backup sets are stored."""
+
+    backup_dir: str = "./backups"
+    compression: str = "zstd"
+    compression_level: int = 3
+    min_free_percent: int = 10
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How many sets ``dcb prune`` keeps (restic's ``forget --keep-*`` semantics)."""
+
+    keep_last: int = 0
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 12
+
+
+SECTIONS: dict[str, type] = {
+    "stack": StackConfig,
+    "storage": StorageConfig,
+    "retention": RetentionConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    stack: StackConfig = field(default_factory=StackConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    path: Path | None = None
+    """The file the configuration was read from, if any."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """``"section.key"`` -> where its value came from: default, file, env var or flag."""
+
+    @property
+    def backup_dir(self) -> Path:
+        """The backup directory; a relative path is relative to the config file's directory."""
+        p = Path(self.storage.backup_dir).expanduser()
+        if p.is_absolute():
+            return p
+        base = self.path.parent if self.path and self.sources.get(
+            "storage.backup_dir", ""
+        ).startswith("file") else Path.cwd()
+        return (base / p).resolve()
+
+    def postgres_password(self) -> str | None:
+        """The PostgreSQL password from ``$POSTGRES_PASSWORD`` or ``password_file``, else None."""
+        env = os.environ.get("POSTGRES_PASSWORD")
+        if env:
+            return env
+        if not self.stack.password_file:
+            return None
+        pf = Path(self.stack.password_file).expanduser()
+        if not pf.is_absolute() and self.path is not None:
+            pf = self.path.parent / pf
+        where = f"[stack] password_file ({pf})"
+        try:
+            st = pf.stat()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{where}: permissions {stat.filemode(st.st_mode)} let others read it",
+                hint=f"chmod 600 {pf}",
+            )
+        try:
+            return pf.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            section = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+        return out
+
+
+def find_config_file(explicit: str | None = None) -> Path | None:
+    """``--config PATH``, then ``$DCB_CONFIG``, then ``./dcb.toml``, then the user config dir.
+
+    A file named explicitly (flag or env) must exist; the implicit ones are optional.
+    """
+    for origin, value in (("--config", explicit), ("DCB_CONFIG", os.environ.get("DCB_CONFIG"))):
+        if value:
+            p = Path(value).expanduser()
+            if not p.is_file():
+                raise ConfigError(f"{p}: configuration file not found (named by {origin})")
+            return p.resolve()
+    for p in (Path.cwd() / CONFIG_FILENAME,
+              Path(platformdirs.user_config_dir("dcb")) / CONFIG_FILENAME):
+        if p.is_file():
+            return p.resolve()
+    return None
+
+
+def load_config(
+    explicit: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from every layer.
+
+    ``overrides`` maps ``"section.key"`` to a value given on the command line.
+    """
+    env = os.environ if environ is None else environ
+    path = find_config_file(explicit)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+
+    where = str(path) if path else "configuration"
+    for section in raw:
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{where}: unknown section [{section}]",
+                hint="known sections: " + ", ".join(f"[{s}]" for s in SECTIONS),
+            )
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+
+    sources: dict[str, str] = {}
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        file_values: dict[str, Any] = raw.get(section, {})
+        for key in file_values:
+            if key not in hints:
+                raise ConfigError(
+                    f"{where}: unknown key [{section}] {key}",
+                    hint="known keys: " + ", ".join(hints),
+                )
+        values: dict[str, Any] = {}
+        for key, typ in hints.items():
+            dotted = f"{section}.{key}"
+            sources[dotted] = "default"
+            if key in file_values:
+                values[key] = _coerce(typ, file_values[key], f"{where}: [{section}] {key}")
+                sources[dotted] = f"file {path}"
+            env_name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if env.get(env_name) not in (None, ""):
+                values[key] = _coerce_env(typ, env[env_name], f"environment {env_name}")
+                sources[dotted] = f"env {env_name}"
+            if overrides and overrides.get(dotted) is not None:
+                values[key] = _coerce(typ, overrides[dotted], f"option for {dotted}")
+                sources[dotted] = "command line"
+        built[section] = cls(**values)
+
+    cfg = Config(**built, path=path, sources=sources)
+    _validate(cfg, where)
+    return cfg
+
+
+def _type_name(typ: Any) -> str:
+    if typ is str:
+        return "a string"
+    if typ is int:
+        return "an integer"
+    if typ is bool:
+        return "true or false"
+    return "a list of strings"
+
+
+def _coerce(typ: Any, value: Any, where: str) -> Any:
+    if typing.get_origin(typ) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
+        return tuple(value)
+    if typ is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
+    if isinstance(typ, type) and not isinstance(typ, types.GenericAlias) and isinstance(value, typ):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
+
+
+def _coerce_env(typ: Any, value: str, where: str) -> Any:
+    if typing.get_origin(typ) is tuple:
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if typ is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _validate(cfg: Config, where: str) -> None:
+    s = cfg.storage
+    if s.compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"{where}: [storage] compression must be one of {', '.join(COMPRESSIONS)}, "
+            f"got {s.compression!r}"
+        )
+    limits = {"zstd": (1, 19), "gzip": (1, 9), "none": (0, 99)}[s.compression]
+    if not limits[0] <= s.compression_level <= limits[1]:
+        raise ConfigError(
+            f"{where}: [storage] compression_level {s.compression_level} out of range "
+            f"{limits[0]}-{limits[1]} for {s.compression}"
+        )
+    for key, value in dataclasses.asdict(cfg.retention).items():
+        if value < 0:
+            raise ConfigError(f"{where}: [retention] {key} must be >= 0, got {value}")
+    if not cfg.stack.postgres_container:
+        raise ConfigError(f"{where}: [stack] postgres_container must not be empty")
+    if not 0 <= s.min_free_percent <= 90:
+        raise ConfigError(f"{where}: [storage] min_free_percent must be 0-90")

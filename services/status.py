@@ -1,0 +1,144 @@
+"""``dcb status``: one snapshot of the stack, the volumes and the backup store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from services.config import Config
+from services.disk import DiskUsage, disk_usage
+from services.docker_gateway import ContainerInfo, DockerGateway
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    name: str
+    role: str
+    """``postgres`` or ``app``."""
+    info: ContainerInfo | None
+    """None when the container does not exist."""
+
+
+@dataclass(frozen=True)
+class VolumeStatus:
+    name: str
+    exists: bool
+    size_bytes: int | None
+    used_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    count: int
+    newest_id: str | None = None
+    newest_created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    collected_at: datetime
+    containers: tuple[ContainerStatus, ...]
+    volumes: tuple[VolumeStatus, ...]
+    disk: DiskUsage
+    backup_dir: str
+    backups: BackupSummary
+    problems: tuple[str, ...] = field(default=())
+    """Human-readable problems (a missing container or volume)."""
+
+    def to_json(self) -> dict[str, Any]:
+        now = self.collected_at
+        return {
+            "collected_at": now.isoformat(),
+            "containers": [
+                {
+                    "name": c.name,
+                    "role": c.role,
+                    "exists": c.info is not None,
+                    "state": c.info.state if c.info else "missing",
+                    "health": c.info.health if c.info else None,
+                    "image": c.info.image if c.info else None,
+                    "started_at": c.info.started_at.isoformat()
+                    if c.info and c.info.started_at else None,
+                    "uptime_seconds": c.info.uptime_seconds(now) if c.info else None,
+                }
+                for c in self.containers
+            ],
+            "volumes": [
+                {"name": v.name, "exists": v.exists, "size_bytes": v.size_bytes,
+                 "used_by": list(v.used_by)}
+                for v in self.volumes
+            ],
+            "disk": {
+                "path": self.disk.path,
+                "total_bytes": self.disk.total_bytes,
+                "used_bytes": self.disk.used_bytes,
+                "free_bytes": self.disk.free_bytes,
+            },
+            "backup_dir": self.backup_dir,
+            "backups": {
+                "count": self.backups.count,
+                "newest_id": self.backups.newest_id,
+                "newest_created_at": self.backups.newest_created_at.isoformat()
+                if self.backups.newest_created_at else None,
+            },
+            "problems": list(self.problems),
+        }
+
+
+def summarize_backups(cfg: Config) -> BackupSummary:
+    # Imported here: the store module is heavier and status must work without a store.
+    from services.store import BackupStore
+
+    sets = [s for s in BackupStore(cfg.backup_dir).list_sets()
+            if s.status in ("complete", "legacy")]
+    if not sets:
+        return BackupSummary(count=0)
+    newest = max(sets, key=lambda s: s.created_at)
+    return BackupSummary(count=len(sets), newest_id=newest.id, newest_created_at=newest.created_at)
+
+
+def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
+    """Ask Docker and the filesystem for the current state; raises ``DockerUnavailable``."""
+    problems: list[str] = []
+    containers: list[ContainerStatus] = []
+    roles = [(cfg.stack.postgres_container, "postgres")] + [
+        (n, "app") for n in cfg.stack.app_containers if n != cfg.stack.postgres_container
+    ]
+    for name, role in roles:
+        info = gateway.find_container(name)
+        if info is None:
+            problems.append(f"container {name!r} not found")
+        containers.append(ContainerStatus(name=name, role=role, info=info))
+
+    sizes = gateway.volume_sizes()
+    volumes: list[VolumeStatus] = []
+    for vname in cfg.stack.volumes:
+        exists = vname in sizes or _volume_exists(gateway, vname)
+        if not exists:
+            problems.append(f"volume {vname!r} not found")
+            volumes.append(VolumeStatus(name=vname, exists=False, size_bytes=None))
+            continue
+        users = tuple(c.name for c in gateway.containers_using_volume(vname))
+        volumes.append(VolumeStatus(name=vname, exists=True, size_bytes=sizes.get(vname),
+                                    used_by=users))
+
+    return StackStatus(
+        collected_at=datetime.now(UTC),
+        containers=tuple(containers),
+        volumes=tuple(volumes),
+        disk=disk_usage(cfg.backup_dir),
+        backup_dir=str(cfg.backup_dir),
+        backups=summarize_backups(cfg),
+        problems=tuple(problems),
+    )
+
+
+def _volume_exists(gateway: DockerGateway, name: str) -> bool:
+    from services.errors import NotFound
+
+    try:
+        gateway.volume(name)
+    except NotFound:
+        return False
+    return True

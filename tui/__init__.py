@@ -1,0 +1,1 @@
+"""The Textual app: screens, messages and workers over services/."""

@@ -1,0 +1,1 @@
+"""Reusable Textual widgets; may import services' models, never tui/."""
