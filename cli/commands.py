@@ -60,4 +60,7 @@ def _show(v: Any) -> str:
 
 
 def register_more(add: AddCommand) -> None:
-    """Hook for the backup/restore commands (kept apart so main.py stays small)."""
+    """The backup-store commands (kept apart so main.py stays small)."""
+    from cli import store_commands
+
+    store_commands.register(add)

@@ -53,6 +53,17 @@ class StorageConfig:
     compression: str = "zstd"
     compression_level: int = 3
     min_free_percent: int = 10
+    """Below this much free space the console warns in colour."""
+    db_format: str = "custom"
+    """``custom`` (pg_dump -Fc, parallel pg_restore) or ``plain`` (SQL through the compressor)."""
+    volume_access: str = "auto"
+    """``mountpoint`` (host tar on the volume's directory; needs root beside the engine),
+    ``helper`` (a throwaway container), or ``auto`` (mountpoint when possible)."""
+    helper_image: str = ""
+    """Image with ``tar`` for helper containers; empty: the PostgreSQL container's image."""
+    space_estimate_ratio: float = 1.0
+    """Expected backup size as a fraction of the raw data; a run needing more space than
+    free refuses before writing anything."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,8 @@ def load_config(
 
 
 def _type_name(typ: Any) -> str:
+    if typ is float:
+        return "a number"
     if typ is str:
         return "a string"
     if typ is int:
@@ -221,6 +234,8 @@ def _coerce(typ: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
         return tuple(value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     if typ is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
     if isinstance(typ, type) and not isinstance(typ, types.GenericAlias) and isinstance(value, typ):
@@ -231,6 +246,11 @@ def _coerce(typ: Any, value: Any, where: str) -> Any:
 def _coerce_env(typ: Any, value: str, where: str) -> Any:
     if typing.get_origin(typ) is tuple:
         return tuple(v.strip() for v in value.split(",") if v.strip())
+    if typ is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if typ is int:
         try:
             return int(value)
@@ -263,5 +283,13 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: [retention] {key} must be >= 0, got {value}")
     if not cfg.stack.postgres_container:
         raise ConfigError(f"{where}: [stack] postgres_container must not be empty")
+    if s.db_format not in ("custom", "plain"):
+        raise ConfigError(f"{where}: [storage] db_format must be custom or plain, "
+                          f"got {s.db_format!r}")
+    if s.volume_access not in ("auto", "mountpoint", "helper"):
+        raise ConfigError(f"{where}: [storage] volume_access must be auto, mountpoint or "
+                          f"helper, got {s.volume_access!r}")
+    if not 0 < s.space_estimate_ratio <= 10:
+        raise ConfigError(f"{where}: [storage] space_estimate_ratio must be in (0, 10]")
     if not 0 <= s.min_free_percent <= 90:
         raise ConfigError(f"{where}: [storage] min_free_percent must be 0-90")

@@ -1,0 +1,261 @@
+"""``dcb backup``, ``list``, ``show``, ``verify``, ``prune``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from cli.progress import ProgressPrinter
+from cli.render import print_json, table
+from services import formatting as fmt
+from services.backup import BackupRequest, BackupRun, append_history, read_history
+from services.config import Config
+from services.docker_gateway import DockerGateway
+from services.errors import DcbError, NotFound, UsageError
+from services.postgres import PgGateway
+from services.prune import prune
+from services.store import BackupSet, BackupStore
+from services.verify import SetCheck, verified_now, verify_set
+
+AddCommand = Callable[..., argparse.ArgumentParser]
+
+
+def register(add: AddCommand) -> None:
+    p = add("backup", "back up databases and volumes into a new set", cmd_backup,
+            "Dump each configured database (one consistent snapshot each, plus the cluster's "
+            "roles) and archive each configured volume, compressed, into a new set under the "
+            "backup dir. Prints the new set's id.\n\n"
+            "With --db/--volume only those are backed up (--db alone: no volumes).\n"
+            "Containers in [stack] stop_during_backup are stopped while their volumes are "
+            "archived and always started again. PostgreSQL's data volume is taken online "
+            "with pg_basebackup.\n\n"
+            "examples:\n  dcb backup\n  dcb backup --db dart_cloud --json\n"
+            "  dcb backup --prune        # apply retention after a successful run")
+    p.add_argument("--db", action="append", metavar="NAME", help="back up this database")
+    p.add_argument("--volume", action="append", metavar="NAME", help="back up this volume")
+    p.add_argument("--prune", action="store_true",
+                   help="apply the retention policy after a successful run")
+    p.add_argument("--json", action="store_true", help="print the new set as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    p = add("list", "list backup sets, newest first", cmd_list,
+            "List every set in the backup dir: complete, failed, incomplete (an interrupted "
+            "run) and legacy sets made by the old bash scripts.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("show", "show one set's artifacts, checksums and row counts", cmd_show)
+    p.add_argument("id", metavar="ID", help="set id (see `dcb list`)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("verify", "check sets' sizes and checksums (--deep: read every archive)",
+            cmd_verify,
+            "Verify a set (default: the newest complete set): every artifact must exist with "
+            "the size and SHA-256 its manifest records. --deep also decompresses every "
+            "artifact to its end, reads each tar member and has pg_restore read each dump.\n"
+            "Exits 1 and names each bad artifact when anything is wrong.")
+    p.add_argument("id", nargs="?", metavar="ID", help="set id (default: newest complete)")
+    p.add_argument("--all", action="store_true", help="verify every set")
+    p.add_argument("--deep", action="store_true", help="also read every archive through")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("prune", "remove sets the retention policy no longer keeps", cmd_prune,
+            "Apply [retention] (restic's --keep-last/daily/weekly/monthly semantics). The "
+            "newest complete set is never removed; failed sets and incomplete sets older "
+            "than a day are. --dry-run lists every set with the rule that keeps it.")
+    p.add_argument("--dry-run", action="store_true", help="show what would be removed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+class _CancelOnSignal:
+    """SIGTERM (and SIGINT via KeyboardInterrupt) set the run's cancel event."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self._old: Any = None
+
+    def __enter__(self) -> None:
+        def handler(_sig: int, _frame: FrameType | None) -> None:
+            self.cancel.set()
+
+        self._old = signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
+    dbs = tuple(args.db) if args.db else None
+    vols = tuple(args.volume) if args.volume else None
+    if dbs is not None and vols is None:
+        vols = ()
+    if vols is not None and dbs is None:
+        dbs = ()
+    printer = ProgressPrinter(quiet=args.quiet)
+    cancel = threading.Event()
+    try:
+        with _CancelOnSignal(cancel):
+            s = BackupRun(cfg, printer, cancel).run(BackupRequest(databases=dbs, volumes=vols))
+    finally:
+        printer.close()
+    if args.json:
+        print_json(s.to_json())
+    else:
+        print(s.id)
+    if not args.quiet:
+        sys.stderr.write(f"backup {s.id} complete: {len(s.artifacts)} artifacts, "
+                         f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}\n")
+    if args.prune:
+        res = prune(cfg)
+        if res.removed and not args.quiet:
+            sys.stderr.write(f"pruned {len(res.removed)} sets, freed "
+                             f"{fmt.size(res.freed_bytes)}\n")
+    return 0
+
+
+def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for h in read_history(cfg.backup_dir):
+        if h.get("kind") == "verify":
+            out[h["id"]] = h
+    return out
+
+
+def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    sets = BackupStore(cfg.backup_dir).list_sets()
+    verified = _verified_index(cfg)
+    if args.json:
+        data = []
+        for s in sets:
+            d = s.to_json()
+            v = verified.get(s.id)
+            d["verified"] = None if v is None else {"ok": v["ok"], "deep": v["deep"],
+                                                    "at": v["at"]}
+            data.append(d)
+        print_json(data)
+        return 0
+    if not sets:
+        print(f"no backups yet in {cfg.backup_dir}")
+        return 0
+    rows = []
+    for s in sets:
+        v = verified.get(s.id)
+        vtext = "-" if v is None else ("ok" if v["ok"] else "FAILED") + (" deep" if v["deep"]
+                                                                          else "")
+        rows.append([s.id, fmt.age(s.created_at), s.status, fmt.size(s.size_bytes),
+                     str(len(s.artifacts)), vtext, s.error or ""])
+    print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "ARTIFACTS", "VERIFIED", "NOTE"]))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
+    s = BackupStore(cfg.backup_dir).get(args.id)
+    if args.json:
+        print_json(s.to_json())
+        return 0
+    print(f"set       {s.id} ({s.status})")
+    print(f"created   {s.created_at.isoformat()} ({fmt.age(s.created_at)})")
+    if s.duration_seconds is not None:
+        print(f"duration  {fmt.duration(s.duration_seconds)}")
+    print(f"path      {s.path}")
+    if s.error:
+        print(f"error     {s.error}")
+    print()
+    rows = [[a.kind, a.name, a.file, fmt.size(a.size_bytes), (a.sha256 or "-")[:16]]
+            for a in s.artifacts]
+    print(table(rows, ["KIND", "NAME", "FILE", "SIZE", "SHA256"]))
+    for a in s.artifacts:
+        counts = a.source.get("row_counts")
+        if counts:
+            print(f"\nrows in {a.name} at dump time:")
+            print(table([[t, str(n)] for t, n in counts.items()], ["TABLE", "ROWS"]))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    store = BackupStore(cfg.backup_dir)
+    sets = store.list_sets()
+    if args.all and args.id:
+        raise UsageError("give a set id or --all, not both")
+    if args.all:
+        targets = [s for s in sets if s.status in ("complete", "legacy")]
+    elif args.id:
+        targets = [store.get(args.id)]
+    else:
+        targets = [s for s in sets if s.status == "complete"][:1]
+    if not targets:
+        raise NotFound(f"no complete backup sets in {cfg.backup_dir}")
+    pg: PgGateway | None = None
+    gw: DockerGateway | None = None
+    needs_pg = args.deep and any(a.source.get("format") == "custom"
+                                 for s in targets for a in s.artifacts)
+    if needs_pg:
+        gw = DockerGateway.connect()
+        pg = PgGateway(gw, cfg.stack.postgres_container, cfg.stack.postgres_user,
+                       cfg.postgres_password())
+    printer = ProgressPrinter(quiet=args.json)
+    results: list[SetCheck] = []
+    try:
+        for s in targets:
+            r = verify_set(s, deep=args.deep, pg=pg, reporter=printer)
+            results.append(r)
+            if s.status in ("complete", "legacy"):
+                append_history(cfg.backup_dir, {"kind": "verify", "id": s.id, "ok": r.ok,
+                                                "deep": args.deep, "at": verified_now(),
+                                                "problems": r.problems()})
+    finally:
+        printer.close()
+        if gw is not None:
+            gw.close()
+    if args.json:
+        print_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            print(f"{r.set_id}: {'ok' if r.ok else 'FAILED'}{' (deep)' if r.deep else ''}")
+            for c in r.checks:
+                if c.note and c.ok:
+                    print(f"  {c.artifact.file}: {c.note}")
+            for problem in r.problems():
+                print(f"  {problem}")
+    bad = [r for r in results if not r.ok]
+    if bad:
+        for r in bad:
+            for problem in r.problems():
+                sys.stderr.write(f"dcb: verify {r.set_id}: {problem}\n")
+        return 1
+    return 0
+
+
+def _describe_set(s: BackupSet) -> list[str]:
+    return [s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), s.status, fmt.size(s.size_bytes)]
+
+
+def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
+    res = prune(cfg, dry_run=args.dry_run)
+    if args.json:
+        print_json({
+            "dry_run": args.dry_run,
+            "sets": [{"id": d.set.id, "status": d.set.status, "keep": d.keep,
+                      "reasons": list(d.reasons)} for d in res.decisions],
+            "removed": list(res.removed), "freed_bytes": res.freed_bytes,
+        })
+        return 0
+    if not res.decisions:
+        print(f"no backups in {cfg.backup_dir}")
+        return 0
+    rows = [[*_describe_set(d.set), ("keep: " if d.keep else "") + ", ".join(d.reasons)]
+            for d in res.decisions]
+    print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "DECISION"]))
+    n_remove = sum(1 for d in res.decisions if not d.keep)
+    if args.dry_run:
+        print(f"\n{n_remove} of {len(res.decisions)} sets would be removed (dry run)")
+    else:
+        print(f"\nremoved {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}")
+    return 0
+
+
+__all__ = ["DcbError", "register"]

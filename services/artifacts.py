@@ -1,0 +1,189 @@
+"""Writing and reading artifacts: streaming compression, SHA-256, atomic commit.
+
+An artifact is written under a hidden temporary name in its set directory (mode 0600),
+compressed on the fly in constant memory, hashed as written, fsynced, then renamed into place
+and the directory fsynced. Any error deletes the temporary file. ENOSPC is never retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from services.errors import DcbError
+
+CHUNK = 1024 * 1024
+EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
+
+
+class StorageError(DcbError):
+    """Writing to the backup store failed (full disk, permissions...)."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a small file atomically: temp, fsync, rename, fsync dir."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StorageError(f"cannot write {path}: {e.strerror}") from None
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only raw file that hashes and counts what it writes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        mv = memoryview(b)
+        self.sha.update(mv)
+        total = 0
+        while total < len(mv):
+            total += os.write(self.fd, mv[total:])
+        self.size += total
+        return total
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    size_bytes: int
+    sha256: str
+    raw_bytes: int
+    """Bytes before compression."""
+
+
+class ArtifactWriter:
+    """Streams bytes into ``final_path`` through the chosen compressor.
+
+    Use as a context manager: ``commit()`` publishes the file; leaving the block without
+    committing (an exception, a cancel) removes the temporary file.
+    """
+
+    def __init__(self, final_path: Path, compression: str = "zstd", level: int = 3) -> None:
+        self.final_path = final_path
+        self.tmp_path = final_path.with_name(f".{final_path.name}.tmp")
+        self.compression = compression
+        self.raw_bytes = 0
+        self._tail = b""
+        try:
+            self._fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise StorageError(f"cannot create {self.tmp_path}: {e.strerror}") from None
+        self._raw = _HashingFile(self._fd)
+        self._sink: BinaryIO
+        if compression == "zstd":
+            cctx = zstandard.ZstdCompressor(level=level, threads=-1)
+            self._sink = cctx.stream_writer(self._raw, closefd=False)  # type: ignore[arg-type]
+        elif compression == "gzip":
+            self._sink = gzip.GzipFile(fileobj=self._raw, mode="wb",  # type: ignore[assignment]
+                                       compresslevel=level, mtime=0)
+        elif compression == "none":
+            self._sink = self._raw  # type: ignore[assignment]
+        else:
+            raise DcbError(f"unknown compression {compression!r}")
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self.raw_bytes += len(data)
+        self._tail = (self._tail + data[-256:])[-256:]
+        try:
+            self._sink.write(data)
+        except OSError as e:
+            raise StorageError(f"writing {self.final_path.name}: {e.strerror}") from None
+
+    @property
+    def tail(self) -> bytes:
+        """The last 256 uncompressed bytes written (for completion markers)."""
+        return self._tail
+
+    def commit(self) -> Written:
+        try:
+            if self.compression == "zstd":
+                self._sink.flush(zstandard.FLUSH_FRAME)  # type: ignore[call-arg]
+            elif self.compression == "gzip":
+                self._sink.close()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self.tmp_path, self.final_path)
+            fsync_dir(self.final_path.parent)
+        except OSError as e:
+            self.abort()
+            raise StorageError(f"writing {self.final_path.name}: {e.strerror}") from None
+        self._done = True
+        return Written(self.final_path, self._raw.size, self._raw.sha.hexdigest(), self.raw_bytes)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(OSError):
+            self.tmp_path.unlink()
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._done:
+            self.abort()
+
+
+def open_decompressed(path: Path, compression: str) -> BinaryIO:
+    """A streaming reader of the artifact's original bytes."""
+    f = open(path, "rb")  # noqa: SIM115 - handed to the caller
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(f, closefd=True)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    return f
+
+
+def iter_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    while True:
+        b = f.read(size)
+        if not b:
+            return
+        yield b
+
+
+def sha256_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        for b in iter_chunks(f):
+            h.update(b)
+            n += len(b)
+    return n, h.hexdigest()

@@ -1,0 +1,539 @@
+"""A backup run: pre-checks, database dumps and volume archives, manifest last.
+
+The database stage (roles, then each database in its own snapshot) and the volume stage run
+concurrently: each is mostly waiting on Docker streams and compression, and together they use
+both cores. Either stage failing cancels the other. A run that fails leaves a set whose
+manifest says ``failed`` (artifacts deleted); a run that is killed leaves a set without a
+manifest, listed as ``incomplete``. Neither can be mistaken for a good backup, and a failed
+run never triggers retention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services import __version__
+from services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
+from services.config import Config
+from services.disk import disk_usage
+from services.docker_exec import remove_stale_helpers
+from services.docker_gateway import DockerGateway
+from services.errors import Cancelled, DcbError, NotFound, UsageError
+from services.lock import StoreLock
+from services.postgres import (
+    CLUSTER_DUMP_END,
+    CUSTOM_MAGIC,
+    PLAIN_DUMP_END,
+    DumpError,
+    PgGateway,
+)
+from services.progress import (
+    ByteMeter,
+    LogLine,
+    Reporter,
+    StageFailed,
+    StageFinished,
+    StageStarted,
+    locked,
+    null_reporter,
+)
+from services.store import (
+    DIR_MODE,
+    HISTORY,
+    MANIFEST,
+    MANIFEST_VERSION,
+    Artifact,
+    BackupSet,
+    BackupStore,
+    new_set_id,
+    read_manifest,
+)
+from services.volumes import LocalTar, TarSource, open_volume_tar
+
+STOPPED_MARKER = ".stopped-containers.json"
+STOP_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    databases: tuple[str, ...] | None = None
+    """None: every configured database."""
+    volumes: tuple[str, ...] | None = None
+    """None: every configured volume."""
+    globals: bool = True
+
+
+@dataclass
+class _Plan:
+    databases: tuple[str, ...]
+    volumes: tuple[str, ...]
+    globals: bool
+    estimate_bytes: int = 0
+    server_version: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def append_history(root: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line to the run history, durably."""
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    fd = os.open(root / HISTORY, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_history(root: Path) -> list[dict[str, Any]]:
+    path = root / HISTORY
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def ensure_store_dir(root: Path) -> None:
+    """Create the backup dir (0700) and prove it is writable before anything else happens."""
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        probe = root / f".write-test-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise StorageError(f"backup dir {root} is not writable: {e.strerror}",
+                           hint="check its permissions and free space") from None
+
+
+class BackupRun:
+    def __init__(self, cfg: Config, reporter: Reporter = null_reporter,
+                 cancel: threading.Event | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.cfg = cfg
+        self.report = locked(reporter)
+        self.cancel = cancel or threading.Event()
+        self.clock = clock
+        self.root = cfg.backup_dir
+        self.store = BackupStore(self.root)
+        self._stop_lock = threading.Lock()
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self, request: BackupRequest | None = None) -> BackupSet:
+        request = request or BackupRequest()
+        plan = self._select(request)
+        ensure_store_dir(self.root)
+        with StoreLock(self.root, "dcb backup"):
+            gw = DockerGateway.connect()
+            try:
+                return self._run_locked(gw, plan)
+            finally:
+                gw.close()
+
+    def _run_locked(self, gw: DockerGateway, plan: _Plan) -> BackupSet:
+        self._recover(gw)
+        pg = PgGateway(gw, self.cfg.stack.postgres_container, self.cfg.stack.postgres_user,
+                       self.cfg.postgres_password())
+        self._precheck(gw, pg, plan)
+
+        started = self.clock()
+        t0 = time.monotonic()
+        set_dir = self._make_set_dir(started)
+        set_id = set_dir.name
+        self.report(LogLine(f"backup set {set_id} in {set_dir}"))
+        artifacts: list[Artifact] = []
+        failure: BaseException | None = None
+        stop_both = threading.Event()
+
+        def guarded(stage: Callable[[], list[Artifact]]) -> list[Artifact]:
+            try:
+                return stage()
+            except BaseException:
+                stop_both.set()
+                raise
+
+        self._stage_cancel = stop_both
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dcb-backup") as pool:
+            futures: list[Future[list[Artifact]]] = []
+            if plan.databases or plan.globals:
+                futures.append(pool.submit(guarded, lambda: self._db_stage(pg, plan, set_dir)))
+            if plan.volumes:
+                futures.append(pool.submit(guarded, lambda: self._volume_stage(gw, pg, plan,
+                                                                               set_dir)))
+            try:
+                while not all(f.done() for f in futures):
+                    if self.cancel.wait(0.1):
+                        stop_both.set()
+            except KeyboardInterrupt:
+                self.cancel.set()
+                stop_both.set()
+            for f in futures:
+                try:
+                    artifacts.extend(f.result())
+                except BaseException as e:  # the first real error wins over "cancelled"
+                    if failure is None or isinstance(failure, Cancelled):
+                        failure = e
+
+        duration = time.monotonic() - t0
+        if failure is None and self.cancel.is_set():
+            failure = Cancelled("backup cancelled")
+        if failure is not None:
+            self._fail(set_dir, set_id, started, duration, failure)
+            if isinstance(failure, DcbError):
+                raise failure
+            raise failure
+
+        order = {"globals": 0, "database": 1, "volume": 2}
+        artifacts.sort(key=lambda a: (order.get(a.kind, 9), a.name))
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "id": set_id,
+            "status": "complete",
+            "created_at": started.isoformat(),
+            "finished_at": self.clock().isoformat(),
+            "duration_seconds": round(duration, 3),
+            "host": socket.gethostname(),
+            "dcb_version": __version__,
+            "stack": {
+                "postgres_container": self.cfg.stack.postgres_container,
+                "postgres_user": self.cfg.stack.postgres_user,
+                "server_version": plan.server_version,
+            },
+            "size_bytes": sum(a.size_bytes for a in artifacts),
+            "artifacts": [a.to_json() for a in artifacts],
+        }
+        atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+        result = read_manifest(set_dir)
+        append_history(self.root, {
+            "kind": "backup", "id": set_id, "status": "complete",
+            "started_at": started.isoformat(), "duration_seconds": round(duration, 3),
+            "size_bytes": result.size_bytes,
+            "artifacts": [{"kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
+                           "seconds": a.source.get("seconds")} for a in artifacts],
+        })
+        self.report(StageFinished("backup", result.size_bytes, duration, detail=set_id))
+        return result
+
+    # -- preparation --------------------------------------------------------------------------
+    def _select(self, request: BackupRequest) -> _Plan:
+        stack = self.cfg.stack
+        dbs = stack.databases if request.databases is None else request.databases
+        vols = stack.volumes if request.volumes is None else request.volumes
+        for d in dbs:
+            if d not in stack.databases:
+                raise UsageError(f"database {d!r} is not configured in [stack] databases",
+                                 hint="configured: " + ", ".join(stack.databases))
+        for v in vols:
+            if v not in stack.volumes:
+                raise UsageError(f"volume {v!r} is not configured in [stack] volumes",
+                                 hint="configured: " + ", ".join(stack.volumes))
+        if not dbs and not vols:
+            raise UsageError("nothing to back up")
+        return _Plan(databases=tuple(dbs), volumes=tuple(vols),
+                     globals=request.globals and bool(dbs))
+
+    def _recover(self, gw: DockerGateway) -> None:
+        """Undo what a killed earlier run left behind: stopped containers, helpers."""
+        marker = self.root / STOPPED_MARKER
+        if marker.exists():
+            try:
+                names = json.loads(marker.read_text()).get("containers", [])
+            except (OSError, ValueError):
+                names = []
+            for name in names:
+                self.report(LogLine(f"a previous run was interrupted with {name} stopped: "
+                                    "starting it", "warning"))
+                with contextlib.suppress(DcbError):
+                    self._start_container(gw, name)
+            marker.unlink(missing_ok=True)
+        n = remove_stale_helpers(gw)
+        if n:
+            self.report(LogLine(f"removed {n} helper container(s) left by a killed run",
+                                "warning"))
+        for entry in self.root.glob("*/.*.tmp"):
+            entry.unlink(missing_ok=True)
+
+    def _precheck(self, gw: DockerGateway, pg: PgGateway, plan: _Plan) -> None:
+        self.report(StageStarted("precheck"))
+        t0 = time.monotonic()
+        pgc = gw.container(self.cfg.stack.postgres_container)
+        if not pgc.running:
+            raise DcbError(f"PostgreSQL container {pgc.name!r} is {pgc.state}, not running",
+                           hint=f"docker start {pgc.name}")
+        pg.wait_ready(timeout=30)
+        plan.server_version = pg.server_info().version
+        db_sizes = pg.database_sizes()
+        for d in plan.databases:
+            if d not in db_sizes:
+                raise NotFound(f"database {d!r} does not exist in {pgc.name}")
+        vol_sizes = gw.volume_sizes()
+        for v in plan.volumes:
+            gw.volume(v)  # NotFound with a clear message
+        plan.sizes = {**{f"database {d}": db_sizes[d] for d in plan.databases},
+                      **{f"volume {v}": vol_sizes.get(v, 0) for v in plan.volumes}}
+        raw = sum(plan.sizes.values())
+        plan.estimate_bytes = int(raw * self.cfg.storage.space_estimate_ratio)
+        free = disk_usage(self.root).free_bytes
+        if plan.estimate_bytes > free:
+            from services.formatting import size
+
+            raise StorageError(
+                f"not enough space in {self.root}: this backup needs about "
+                f"{size(plan.estimate_bytes)}, {size(free)} free",
+                hint="free space, run `dcb prune`, or lower [storage] space_estimate_ratio",
+            )
+        self.report(StageFinished("precheck", 0, time.monotonic() - t0,
+                                  detail=f"PostgreSQL {plan.server_version}"))
+
+    def _make_set_dir(self, now: datetime) -> Path:
+        taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
+        while True:
+            set_id = new_set_id(now, taken)
+            path = self.root / set_id
+            try:
+                path.mkdir(mode=DIR_MODE)
+                return path
+            except FileExistsError:
+                taken.add(set_id)
+
+    # -- stages -------------------------------------------------------------------------------
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set() or self._stage_cancel.is_set():
+            raise Cancelled("backup cancelled")
+
+    def _pump(self, source: Any, writer: ArtifactWriter, meter: ByteMeter) -> None:
+        for chunk in source.stdout():
+            self._check_cancel()
+            writer.write(chunk)
+            meter.add(len(chunk))
+        meter.flush()
+
+    def _db_stage(self, pg: PgGateway, plan: _Plan, set_dir: Path) -> list[Artifact]:
+        out: list[Artifact] = []
+        if plan.globals:
+            out.append(self._dump_globals(pg, set_dir))
+        for db in plan.databases:
+            self._check_cancel()
+            out.append(self._dump_database(pg, db, set_dir, plan))
+        return out
+
+    def _dump_globals(self, pg: PgGateway, set_dir: Path) -> Artifact:
+        stage = "roles (pg_dumpall --globals-only)"
+        st = self.cfg.storage
+        self.report(StageStarted(stage))
+        meter = ByteMeter(stage, self.report)
+        fname = "globals.sql" + EXTENSIONS[st.compression]
+        with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:
+            with pg.dump_globals() as proc:
+                self._pump(proc, w, meter)
+                code = proc.wait(60)
+                if code != 0:
+                    raise DumpError(f"pg_dumpall --globals-only failed (exit {code}): "
+                                    f"{proc.stderr_text[-500:]}")
+            if CLUSTER_DUMP_END not in w.tail:
+                raise DumpError("pg_dumpall output lacks its completion marker")
+            written = w.commit()
+        self.report(StageFinished(stage, written.size_bytes, meter.seconds))
+        return Artifact(kind="globals", name="globals", file=fname,
+                        size_bytes=written.size_bytes, sha256=written.sha256,
+                        compression=st.compression,
+                        source={"tool": "pg_dumpall --globals-only", "format": "plain",
+                                "raw_bytes": written.raw_bytes,
+                                "seconds": round(meter.seconds, 3)})
+
+    def _dump_database(self, pg: PgGateway, db: str, set_dir: Path, plan: _Plan) -> Artifact:
+        stage = f"database {db}"
+        st = self.cfg.storage
+        fmt = st.db_format
+        self.report(StageStarted(stage, plan.sizes.get(stage)))
+        meter = ByteMeter(stage, self.report, plan.sizes.get(stage))
+        if fmt == "custom":
+            # pg_dump -Fc -Z1 is already compressed: compressing again would burn CPU for ~0.
+            fname, compression = f"db-{db}.pgdump", "none"
+        else:
+            fname, compression = f"db-{db}.sql" + EXTENSIONS[st.compression], st.compression
+        with pg.snapshot_session(db) as snap, \
+                ArtifactWriter(set_dir / fname, compression, st.compression_level) as w:
+            proc = pg.dump(db, fmt=fmt, snapshot=snap.snapshot)
+            counts: dict[str, int] = {}
+            counter = threading.Thread(target=lambda: counts.update(snap.row_counts()),
+                                       name=f"dcb-rowcount-{db}", daemon=True)
+            counter.start()
+            try:
+                self._pump(proc, w, meter)
+                code = proc.wait(60)
+            finally:
+                proc.close()
+            if code != 0:
+                raise DumpError(f"pg_dump {db} failed (exit {code}): {proc.stderr_text[-500:]}")
+            if w.raw_bytes == 0:
+                raise DumpError(f"pg_dump {db} produced no output")
+            if fmt == "plain" and PLAIN_DUMP_END not in w.tail:
+                raise DumpError(f"pg_dump {db}: output lacks its completion marker (truncated)")
+            counter.join(600)
+            if counter.is_alive() or (not counts and snap.proc.stream.eof):
+                raise DumpError(f"row counts for {db} could not be taken")
+            written = w.commit()
+        if fmt == "custom":
+            with open(written.path, "rb") as f:
+                if f.read(5) != CUSTOM_MAGIC:
+                    written.path.unlink()
+                    raise DumpError(f"pg_dump {db}: not a custom-format archive")
+        self.report(StageFinished(stage, written.size_bytes, meter.seconds,
+                                  detail=f"{len(counts)} tables"))
+        return Artifact(kind="database", name=db, file=fname, size_bytes=written.size_bytes,
+                        sha256=written.sha256, compression=compression,
+                        source={"tool": "pg_dump", "format": fmt,
+                                "container": self.cfg.stack.postgres_container,
+                                "server_version": plan.server_version,
+                                "snapshot": snap.snapshot, "row_counts": counts,
+                                "raw_bytes": written.raw_bytes,
+                                "seconds": round(meter.seconds, 3)})
+
+    def _volume_stage(self, gw: DockerGateway, pg: PgGateway, plan: _Plan,
+                      set_dir: Path) -> list[Artifact]:
+        out = []
+        for v in plan.volumes:
+            self._check_cancel()
+            out.append(self._archive_volume(gw, pg, v, set_dir, plan))
+        return out
+
+    def _archive_volume(self, gw: DockerGateway, pg: PgGateway, volume: str, set_dir: Path,
+                        plan: _Plan) -> Artifact:
+        stage = f"volume {volume}"
+        st = self.cfg.storage
+        self.report(StageStarted(stage, plan.sizes.get(stage)))
+        meter = ByteMeter(stage, self.report, plan.sizes.get(stage))
+        fname = f"volume-{volume}.tar" + EXTENSIONS[st.compression]
+        is_pg_data = volume == self.cfg.stack.postgres_data_volume
+        stopped: list[str] = []
+        source: dict[str, Any] = {}
+        try:
+            if is_pg_data:
+                # Never a raw copy of a live data directory: an online physical backup.
+                proc: TarSource = pg.basebackup()
+                source["method"] = "pg_basebackup"
+            else:
+                stopped = self._stop_users(gw, volume)
+                helper_image = st.helper_image or gw.container(
+                    self.cfg.stack.postgres_container).image
+                proc = open_volume_tar(gw, volume, st.volume_access, helper_image)
+                source["method"] = "host tar" if isinstance(proc, LocalTar) else "helper"
+            source["stopped_containers"] = stopped
+            with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:
+                try:
+                    self._pump(proc, w, meter)
+                    code = proc.wait(120)
+                finally:
+                    proc.close()
+                if code != 0:
+                    raise DcbError(f"archiving volume {volume} failed (exit {code}): "
+                                   f"{proc.stderr_text[-500:]}")
+                if w.raw_bytes == 0:
+                    raise DcbError(f"archiving volume {volume} produced no output")
+                written = w.commit()
+        finally:
+            for name in stopped:
+                self._start_container(gw, name)
+            if stopped:
+                self._clear_stopped(stopped)
+        self.report(StageFinished(stage, written.size_bytes, meter.seconds))
+        source.update({"raw_bytes": written.raw_bytes, "seconds": round(meter.seconds, 3),
+                       "format": "tar"})
+        return Artifact(kind="volume", name=volume, file=fname, size_bytes=written.size_bytes,
+                        sha256=written.sha256, compression=st.compression, source=source)
+
+    # -- containers -----------------------------------------------------------------------------
+    def _stop_users(self, gw: DockerGateway, volume: str) -> list[str]:
+        wanted = set(self.cfg.stack.stop_during_backup)
+        users = [c for c in gw.containers_using_volume(volume)
+                 if c.running and c.name in wanted]
+        stopped: list[str] = []
+        for c in users:
+            self._mark_stopped(c.name)
+            self.report(LogLine(f"stopping {c.name} while {volume} is archived"))
+            try:
+                gw.client.containers.get(c.name).stop(timeout=STOP_TIMEOUT)
+            except Exception as e:
+                self._start_container(gw, c.name)
+                self._clear_stopped([c.name])
+                for name in stopped:
+                    self._start_container(gw, name)
+                self._clear_stopped(stopped)
+                raise DcbError(f"could not stop {c.name}: {e}") from None
+            stopped.append(c.name)
+        return stopped
+
+    def _start_container(self, gw: DockerGateway, name: str) -> None:
+        try:
+            gw.client.containers.get(name).start()
+            self.report(LogLine(f"started {name} again"))
+        except Exception as e:
+            self.report(LogLine(f"could not start {name} again: {e}", "error"))
+            raise DcbError(f"could not start {name} again: {e}",
+                           hint=f"docker start {name}") from None
+
+    def _mark_stopped(self, name: str) -> None:
+        with self._stop_lock:
+            marker = self.root / STOPPED_MARKER
+            names = []
+            if marker.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    names = json.loads(marker.read_text()).get("containers", [])
+            if name not in names:
+                names.append(name)
+            atomic_write_bytes(marker, json.dumps({"containers": names}).encode())
+
+    def _clear_stopped(self, gone: list[str]) -> None:
+        with self._stop_lock:
+            marker = self.root / STOPPED_MARKER
+            try:
+                names = json.loads(marker.read_text()).get("containers", [])
+            except (OSError, ValueError):
+                return
+            rest = [n for n in names if n not in gone]
+            if rest:
+                atomic_write_bytes(marker, json.dumps({"containers": rest}).encode())
+            else:
+                marker.unlink(missing_ok=True)
+
+    # -- failure --------------------------------------------------------------------------------
+    def _fail(self, set_dir: Path, set_id: str, started: datetime, duration: float,
+              error: BaseException) -> None:
+        message = str(error) or type(error).__name__
+        self.report(StageFailed("backup", message))
+        # Free the space first (a full disk is a common cause), then say what happened.
+        for entry in list(set_dir.iterdir()) if set_dir.exists() else []:
+            with contextlib.suppress(OSError):
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        manifest = {
+            "manifest_version": MANIFEST_VERSION, "id": set_id, "status": "failed",
+            "created_at": started.isoformat(), "duration_seconds": round(duration, 3),
+            "host": socket.gethostname(), "dcb_version": __version__, "error": message,
+            "artifacts": [],
+        }
+        with contextlib.suppress(DcbError):
+            atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+        with contextlib.suppress(OSError):
+            append_history(self.root, {
+                "kind": "backup", "id": set_id, "status": "failed",
+                "started_at": started.isoformat(), "duration_seconds": round(duration, 3),
+                "error": message,
+            })

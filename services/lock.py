@@ -1,0 +1,62 @@
+"""One run at a time per backup directory: a kernel lock (flock), freed the moment its holder
+dies, so a killed run never leaves a stale lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.errors import LockedError
+from services.store import LOCKFILE
+
+
+class StoreLock:
+    def __init__(self, root: Path, purpose: str) -> None:
+        self.path = root / LOCKFILE
+        self.purpose = purpose
+        self._fd = -1
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"backup dir {self.path.parent} is locked by another run ({holder})",
+                hint="wait for it to finish; a killed run releases the lock at once",
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
+                "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return (f"{info.get('purpose', '?')}, pid {info.get('pid', '?')} on "
+                f"{info.get('host', '?')} since {info.get('since', '?')}")
+    except (OSError, ValueError):
+        return "holder unknown"
