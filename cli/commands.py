@@ -61,6 +61,7 @@ def _show(v: Any) -> str:
 
 def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
-    from cli import store_commands
+    from cli import restore_commands, store_commands
 
     store_commands.register(add)
+    restore_commands.register(add)

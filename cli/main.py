@@ -10,9 +10,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+import docker.errors
+import requests.exceptions
+
 from services import __version__
 from services.config import Config, load_config
-from services.errors import DcbError
+from services.errors import DcbError, DockerUnavailable
 
 EPILOG = """\
 configuration:
@@ -105,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("dcb: interrupted\n")
         return 130
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        # Anything the gateways did not translate: still one line, never a traceback.
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        sys.stderr.write(f"dcb: Docker engine error: {first}\n")
+        return DockerUnavailable.exit_code
     except BrokenPipeError:
         return 1
 

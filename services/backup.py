@@ -28,7 +28,7 @@ from services import __version__
 from services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
 from services.config import Config
 from services.disk import disk_usage
-from services.docker_exec import remove_stale_helpers
+from services.docker_exec import remove_stale_helpers, store_tag
 from services.docker_gateway import DockerGateway
 from services.errors import Cancelled, DcbError, NotFound, UsageError
 from services.lock import StoreLock
@@ -143,6 +143,11 @@ class BackupRun:
                 return self._run_locked(gw, plan)
             finally:
                 gw.close()
+
+    def run_locked(self, gw: DockerGateway, request: BackupRequest) -> BackupSet:
+        """A run inside another flow that already holds the store lock (a restore's safety
+        snapshot)."""
+        return self._run_locked(gw, self._select(request))
 
     def _run_locked(self, gw: DockerGateway, plan: _Plan) -> BackupSet:
         self._recover(gw)
@@ -260,7 +265,7 @@ class BackupRun:
                 with contextlib.suppress(DcbError):
                     self._start_container(gw, name)
             marker.unlink(missing_ok=True)
-        n = remove_stale_helpers(gw)
+        n = remove_stale_helpers(gw, store_tag(self.root))
         if n:
             self.report(LogLine(f"removed {n} helper container(s) left by a killed run",
                                 "warning"))
@@ -431,7 +436,8 @@ class BackupRun:
                 stopped = self._stop_users(gw, volume)
                 helper_image = st.helper_image or gw.container(
                     self.cfg.stack.postgres_container).image
-                proc = open_volume_tar(gw, volume, st.volume_access, helper_image)
+                proc = open_volume_tar(gw, volume, st.volume_access, helper_image,
+                                       store_tag(self.root))
                 source["method"] = "host tar" if isinstance(proc, LocalTar) else "helper"
             source["stopped_containers"] = stopped
             with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:

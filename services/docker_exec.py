@@ -8,13 +8,17 @@ failure even when bytes arrived.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
 import socket
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -129,6 +133,24 @@ class ExecProcess:
     def close_stdin(self) -> None:
         self.stream.close_stdin()
 
+    def feed(self, chunks: Iterator[bytes], timeout: float = 3600) -> int:
+        """Send ``chunks`` to the process's stdin while draining its output; its exit code.
+
+        The output is drained in a thread so a chatty process never blocks our writes.
+        """
+        drained = threading.Thread(target=lambda: collections.deque(self.stdout(), maxlen=0),
+                                   daemon=True, name="dcb-exec-drain")
+        drained.start()
+        try:
+            for c in chunks:
+                self.send(c)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the process exited early: its exit code says why
+        finally:
+            self.close_stdin()
+        drained.join(timeout)
+        return self.wait(timeout)
+
     @property
     def stderr_text(self) -> str:
         return self.stream.stderr_text
@@ -166,7 +188,8 @@ class HelperProcess:
     """
 
     def __init__(self, gw: DockerGateway, image: str, cmd: list[str], *,
-                 volumes: dict[str, Mapping[str, str]] | None = None, user: str = "0:0") -> None:
+                 volumes: dict[str, Mapping[str, str]] | None = None, user: str = "0:0",
+                 owner: str = "1") -> None:
         self.gw = gw
         api = gw.client.api
         self.name = f"dcb-helper-{uuid.uuid4().hex[:10]}"
@@ -176,7 +199,7 @@ class HelperProcess:
                 log_config=LogConfig(type="none"), auto_remove=False)
             created = api.create_container(
                 image, cmd, name=self.name, user=user, entrypoint=[],
-                host_config=host_config, labels={HELPER_LABEL: "1"},
+                host_config=host_config, labels={HELPER_LABEL: owner},
                 network_disabled=True, stdin_open=False, tty=False)
             self.id = created["Id"]
             sock = api.attach_socket(self.id, params={"stdout": 1, "stderr": 1, "stream": 1})
@@ -217,10 +240,16 @@ class HelperProcess:
         self.remove()
 
 
-def remove_stale_helpers(gw: DockerGateway) -> int:
-    """Remove helper containers left by a killed run."""
+def store_tag(root: Path) -> str:
+    """Labels a store's helper containers, so one store's cleanup never touches another's."""
+    return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+
+
+def remove_stale_helpers(gw: DockerGateway, owner: str) -> int:
+    """Remove helper containers a killed run of this store left behind."""
     n = 0
-    for c in gw.client.containers.list(all=True, filters={"label": f"{HELPER_LABEL}=1"}):
+    for c in gw.client.containers.list(all=True,
+                                       filters={"label": f"{HELPER_LABEL}={owner}"}):
         with contextlib.suppress(docker.errors.APIError):
             c.remove(force=True)
             n += 1

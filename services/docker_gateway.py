@@ -17,7 +17,7 @@ import requests.exceptions
 
 from services.errors import DcbError, DockerUnavailable, NotFound
 
-DEFAULT_TIMEOUT = 30
+DEFAULT_TIMEOUT = 120
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,18 @@ class PgGateway:
             sizes[name] = int(size)
         return sizes
 
+    def row_counts(self, db: str) -> dict[str, int]:
+        """``schema.table -> rows`` for every table of ``db`` (same query as at dump time)."""
+        with self.exec(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                        "-U", self.user, "-d", db], stdin=True) as p:
+            p.send(ROW_COUNTS_SQL.encode())
+            p.close_stdin()
+            out = p.read_all().decode("utf-8", "replace")
+            code = p.wait(600)
+            if code != 0:
+                raise DcbError(f"counting rows in {db} failed: {_first_error(p.stderr_text)}")
+        return parse_row_counts(out)
+
     # -- dumps ----------------------------------------------------------------------------------
     def snapshot_session(self, db: str) -> SnapshotSession:
         return SnapshotSession(self, db)
@@ -176,13 +188,7 @@ class SnapshotSession:
 
     def row_counts(self) -> dict[str, int]:
         self.proc.send(ROW_COUNTS_SQL.encode() + b"\nSELECT 'DCB-END';\n")
-        text = self._read_until(b"DCB-END").decode("utf-8", "replace")
-        counts: dict[str, int] = {}
-        for line in text.splitlines():
-            if "|" in line:
-                name, _, n = line.rpartition("|")
-                counts[name] = int(n)
-        return counts
+        return parse_row_counts(self._read_until(b"DCB-END").decode("utf-8", "replace"))
 
     def close(self) -> None:
         try:
@@ -201,6 +207,15 @@ class SnapshotSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def parse_row_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, n = line.rpartition("|")
+        if sep and n.strip().isdigit():
+            counts[name] = int(n)
+    return counts
 
 
 def _first_error(stderr: str) -> str:

@@ -79,9 +79,10 @@ class LocalTar:
 class HelperTar:
     """``tar`` in a throwaway container with the volume mounted read-only at /v."""
 
-    def __init__(self, gw: DockerGateway, image: str, volume: str) -> None:
+    def __init__(self, gw: DockerGateway, image: str, volume: str, owner: str) -> None:
         self.helper = HelperProcess(gw, image, ["tar", "-cf", "-", "-C", "/v", "."],
-                                    volumes={volume: {"bind": "/v", "mode": "ro"}})
+                                    volumes={volume: {"bind": "/v", "mode": "ro"}},
+                                    owner=owner)
 
     def stdout(self) -> Iterator[bytes]:
         return self.helper.stdout()
@@ -105,7 +106,8 @@ def mountpoint_usable(mountpoint: str) -> bool:
             and bool(mountpoint) and Path(mountpoint).is_dir())
 
 
-def open_volume_tar(gw: DockerGateway, volume: str, access: str, helper_image: str) -> TarSource:
+def open_volume_tar(gw: DockerGateway, volume: str, access: str, helper_image: str,
+                    owner: str) -> TarSource:
     info = gw.volume(volume)
     if access == "mountpoint" or (access == "auto" and mountpoint_usable(info.mountpoint)):
         if not mountpoint_usable(info.mountpoint):
@@ -113,4 +115,4 @@ def open_volume_tar(gw: DockerGateway, volume: str, access: str, helper_image: s
                            hint="run dcb as root on the Docker host, or set "
                                 "[storage] volume_access = \"helper\"")
         return LocalTar(info.mountpoint)
-    return HelperTar(gw, helper_image, volume)
+    return HelperTar(gw, helper_image, volume, owner)

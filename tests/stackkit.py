@@ -25,7 +25,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PG_IMAGE = os.environ.get("DCB_TEST_PG_IMAGE", "dcb-test-postgres:15")
 BUSYBOX_IMAGE = os.environ.get("DCB_TEST_BUSYBOX_IMAGE", "dcb-test-busybox:1")
-LABEL = {"dcb.test": "1"}
+# The owning pytest process is recorded so a sweep removes only what dead runs left behind
+# (two test sessions on one engine must not tear down each other's stacks).
+LABEL = {"dcb.test": "1", "dcb.test.pid": str(os.getpid())}
 DATABASES = ("dart_cloud", "functions_db")
 
 # The functions_data volume's tree: (path, kind, content-or-target, mode, uid, gid).
@@ -179,13 +181,29 @@ def ensure_images() -> None:
     subprocess.run(["bash", str(HERE / "images" / "build.sh")], check=True)
 
 
+def _owner_alive(labels: dict[str, str] | None) -> bool:
+    pid = (labels or {}).get("dcb.test.pid", "")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep(client: docker.DockerClient) -> None:
     """Remove containers and volumes left by earlier, killed test runs."""
     for c in client.containers.list(all=True, filters={"label": "dcb.test=1"}):
-        c.remove(force=True, v=True)
+        if not _owner_alive(c.labels):
+            with contextlib.suppress(docker.errors.APIError):
+                c.remove(force=True, v=True)
     for v in client.volumes.list(filters={"label": "dcb.test=1"}):
-        with contextlib.suppress(docker.errors.APIError):
-            v.remove(force=True)
+        if not _owner_alive(v.attrs.get("Labels")):
+            with contextlib.suppress(docker.errors.APIError):
+                v.remove(force=True)
 
 
 def wait_for_postgres(client: docker.DockerClient, name: str, timeout: float = 60) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from services.docker_exec import store_tag
 from tests.conftest import run_dcb
 from tests.stackkit import DATABASES, TestStack
 
@@ -188,7 +189,8 @@ def test_gzip_plain_sql_and_helper_container(stack: TestStack, tmp_path: Path):
     r = run_dcb("verify", "--deep", "--config", str(made.config))
     assert r.code == 0, r.err + r.out
     # Helper containers are removed.
-    assert not stack.client.containers.list(all=True, filters={"label": "dcb.helper=1"})
+    tag = store_tag(made.config.parent / "backups")
+    assert not stack.client.containers.list(all=True, filters={"label": f"dcb.helper={tag}"})
 
 
 def _copy_set(src: MadeSet, dest_root: Path) -> tuple[Path, Path]:

@@ -1,0 +1,131 @@
+"""Restore drills: restore a set into a throwaway sandbox, verify it, measure the time to
+recover (RTO), remove the sandbox. The live stack is never touched.
+
+The sandbox is a new PostgreSQL container from the live server's image and new volumes with
+unique names, all ``--network none``. When the set holds PostgreSQL's data volume, the sandbox
+server boots from that restored physical backup (proving it recovers) and the logical dumps are
+then restored over it, exactly as a real full restore does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import docker.errors
+
+from services.backup import append_history
+from services.config import Config
+from services.docker_gateway import DockerGateway
+from services.errors import DcbError, NotFound
+from services.postgres import PgGateway
+from services.progress import LogLine, Reporter, null_reporter
+from services.restore import RestoreFlow, RestoreReport, RestoreRequest, Target
+from services.store import BackupStore
+
+DRILL_LABEL = "dcb.drill"
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    set_id: str
+    ok: bool
+    rto_seconds: float
+    report: RestoreReport | None
+    error: str | None
+    sandbox: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"set_id": self.set_id, "ok": self.ok, "rto_seconds": round(self.rto_seconds, 2),
+                "error": self.error, "sandbox": self.sandbox,
+                "report": self.report.to_json() if self.report else None}
+
+
+def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_reporter,
+              cancel: threading.Event | None = None) -> DrillResult:
+    store = BackupStore(cfg.backup_dir)
+    if set_id is None:
+        complete = [s for s in store.list_sets() if s.status == "complete"]
+        if not complete:
+            raise NotFound(f"no complete backup set in {cfg.backup_dir} to drill")
+        set_id = complete[0].id
+    s = store.get(set_id)
+    gw = DockerGateway.connect()
+    remove_stale_sandboxes(gw)
+    prefix = f"dcb-drill-{secrets.token_hex(4)}"
+    created_containers: list[str] = []
+    created_volumes: list[str] = []
+    t0 = time.monotonic()
+    report: RestoreReport | None = None
+    error: str | None = None
+    try:
+        live = gw.find_container(cfg.stack.postgres_container)
+        if live is None:
+            raise NotFound(f"PostgreSQL container {cfg.stack.postgres_container!r} not found: "
+                           "the drill uses its image")
+        labels = {DRILL_LABEL: prefix}
+        volumes = {a.name: f"{prefix}-{a.name}" for a in s.artifacts if a.kind == "volume"}
+        pg_volume = volumes.get(cfg.stack.postgres_data_volume, f"{prefix}-pgdata")
+        for v in {*volumes.values(), pg_volume}:
+            gw.client.volumes.create(v, labels=labels)
+            created_volumes.append(v)
+        pg_name = f"{prefix}-postgres"
+        mount = _data_dir(live.mounts, cfg.stack.postgres_data_volume)
+        gw.client.containers.create(
+            live.image, name=pg_name, network_mode="none", labels=labels,
+            environment={"POSTGRES_HOST_AUTH_METHOD": "trust",
+                         "POSTGRES_PASSWORD": secrets.token_urlsafe(12)},
+            volumes={pg_volume: {"bind": mount, "mode": "rw"}}, stop_signal="SIGINT")
+        created_containers.append(pg_name)
+        reporter(LogLine(f"sandbox {prefix}: {pg_name} from {live.image}, "
+                         f"{len(volumes)} volume(s)"))
+        target = Target(postgres_container=pg_name, postgres_user=cfg.stack.postgres_user,
+                        password=None, volumes=volumes, app_containers=(),
+                        postgres_data_volume=cfg.stack.postgres_data_volume, sandbox=True)
+        if cfg.stack.postgres_data_volume not in volumes:
+            gw.client.containers.get(pg_name).start()
+            PgGateway(gw, pg_name, cfg.stack.postgres_user).wait_ready(120)
+        flow = RestoreFlow(cfg, reporter, cancel, target=target, gw=gw)
+        plan = flow.prepare(RestoreRequest(set_id=s.id, safety_backup=False))
+        report = flow.execute(plan, plan.confirm_token)
+        if not report.ok:
+            error = report.error
+    except DcbError as e:
+        error = e.message
+    finally:
+        rto = time.monotonic() - t0
+        for c in created_containers:
+            with contextlib.suppress(docker.errors.APIError):
+                gw.client.containers.get(c).remove(force=True, v=True)
+        for v in created_volumes:
+            with contextlib.suppress(docker.errors.APIError):
+                gw.client.volumes.get(v).remove(force=True)
+        gw.close()
+    ok = error is None and report is not None and report.ok
+    with contextlib.suppress(OSError):
+        append_history(cfg.backup_dir, {"kind": "drill", "id": prefix, "set_id": s.id, "ok": ok,
+                                        "rto_seconds": round(rto, 2), "error": error,
+                                        "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                                                            time.gmtime())})
+    return DrillResult(set_id=s.id, ok=ok, rto_seconds=rto, report=report, error=error,
+                       sandbox=prefix)
+
+
+def _data_dir(mounts: Any, volume: str) -> str:
+    for m in mounts:
+        if m.volume == volume:
+            return str(m.destination)
+    return "/var/lib/postgresql/data"
+
+
+def remove_stale_sandboxes(gw: DockerGateway) -> None:
+    for c in gw.client.containers.list(all=True, filters={"label": DRILL_LABEL}):
+        with contextlib.suppress(docker.errors.APIError):
+            c.remove(force=True, v=True)
+    for v in gw.client.volumes.list(filters={"label": DRILL_LABEL}):
+        with contextlib.suppress(docker.errors.APIError):
+            v.remove(force=True)

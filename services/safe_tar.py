@@ -1,0 +1,829 @@
+"""Validating and extracting volume tar archives without trusting them.
+
+A volume is restored from a tar stream written by GNU tar (``--numeric-owner --sparse``),
+busybox tar or pg_basebackup. Python 3.11.7's tarfile predates the 2025 fixes to its
+extraction filters, and the ``data`` filter drops numeric owners, so tarfile is used only to
+*parse* the stream: every member is checked here and written with plain ``os`` calls.
+
+Rules (the same in :func:`validate_archive` and, member by member, in :func:`extract_archive`):
+
+* names: not empty, no NUL, not absolute, no ``..`` component, at most 4096 bytes and 255
+  bytes per component; ``./a``, ``a`` and ``a//b/.`` are normalised, so duplicates are caught;
+* types: regular (also contiguous and GNU sparse) files, directories, symlinks and hard links
+  only; devices, fifos and anything else are refused;
+* symlinks: the target may not be absolute and, resolved from the link's directory through the
+  archive's own symlinks (kernel rules: 40 hops at most), may never leave the archive root;
+* hard links: the target is a regular file (or a hard link to one) seen earlier in the archive;
+* no member may sit below a non-directory of the archive (the "symlink, then a file through
+  it" attack), in either order;
+* numeric owners fit a uid_t (and are not ``-1``, which chown reads as "keep");
+* the stream must end with a proper end-of-archive block followed by zero padding only:
+  tarfile silently stops at a damaged or missing header, which would look like a short but
+  valid archive.
+
+Extraction never follows a symlink inside the destination: every path is walked from a
+directory descriptor with ``O_NOFOLLOW``, files are created with ``O_CREAT | O_EXCL``, and
+anything already in the way of a member (a symlink, a file, a directory) is removed first,
+never written through. The destination is normally emptied with :func:`clear_directory`
+first; existing entries that the archive does not name are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import os
+import re
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Self
+
+from services.errors import DcbError
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+HARDLINK = "hardlink"
+
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_SYMLINK_HOPS = 40  # Linux MAXSYMLINKS
+MAX_REPORTED = 10
+CHUNK = 1024 * 1024
+_STREAM_BUFSIZE = 64 * 1024  # tarfile's read size: 10 KiB by default; 1 MiB hurts small files
+_MAX_PAX_BYTES = 64 * 1024  # a pax header of ours holds at most two 4 KiB paths
+_MAX_GNU_LONG_BYTES = 64 * 1024
+_MAX_DIGIT_RUN = 256  # Python < 3.11.10 pax parsing is quadratic in long digit runs
+_MAX_RESOLVE_STEPS = 20_000
+_FD_CACHE_LIMIT = 64
+_MAX_ID = 2**32 - 2  # 2**32 - 1 is (uid_t) -1: "do not change" for chown
+_NS = 1_000_000_000
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE)
+_SPECIAL_NAMES = {
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a fifo",
+}
+_PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
+_DIGITS = re.compile(rb"[0-9]+")
+
+# Undocumented tarfile exceptions (not in typeshed); tarfile hides them behind a silent stop.
+_HeaderError = tarfile.HeaderError
+_InvalidHeader: type[_HeaderError] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
+_EOFHeader: type[_HeaderError] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+_EmptyHeader: type[_HeaderError] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
+_TruncatedHeader: type[_HeaderError] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
+
+
+class UnsafeArchive(DcbError):
+    """A tar archive breaks the extraction rules; the message names the members and why."""
+
+    def __init__(self, message: str, hint: str | None = None,
+                 problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.problems = problems
+
+
+class CorruptArchive(UnsafeArchive):
+    """The tar stream itself is damaged, truncated or not a tar stream."""
+
+
+class ExtractError(DcbError):
+    """Writing a member into the destination failed (disk full, permissions...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: str
+    """Normalised relative path without ``./``; ``.`` only for :attr:`Listing.root`."""
+    type: str
+    """``file``, ``dir``, ``symlink`` or ``hardlink``."""
+    mode: int
+    """Permission bits including setuid, setgid and sticky (``& 0o7777``)."""
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    """Seconds since the epoch (floor; extraction keeps a pax header's nanoseconds)."""
+    linkname: str | None
+    """Symlink target as stored, or the normalised path of a hard link's target."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    entries: tuple[Entry, ...]
+    """Every member except the root, in archive order."""
+    root: Entry | None
+    """The ``.`` member, if the archive has one: the destination's own mode and owner."""
+
+    def files(self) -> dict[str, Entry]:
+        """All entries (files, dirs, symlinks, hard links) by path; the root is not included."""
+        return {e.path: e for e in self.entries}
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing: tarfile, hardened where 3.11.7 is weak
+
+
+class _TarFile(tarfile.TarFile):
+    header_error: tarfile.HeaderError | None = None
+    """Why tarfile's last attempt to read a header failed (it hides it and just stops)."""
+
+
+class _TarInfo(tarfile.TarInfo):
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        obj = super().frombuf(buf, encoding, errors)
+        # tarfile reads these headers' whole payload into memory before looking at it.
+        if obj.type in _PAX_TYPES and obj.size > _MAX_PAX_BYTES:
+            raise _InvalidHeader(f"pax header of {obj.size} bytes")
+        if (obj.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+                and obj.size > _MAX_GNU_LONG_BYTES):
+            raise _InvalidHeader(f"GNU long name of {obj.size} bytes")
+        return obj
+
+    @classmethod
+    def fromtarfile(cls, tf: tarfile.TarFile) -> Self:
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.HeaderError as e:
+            if isinstance(tf, _TarFile):
+                tf.header_error = e
+            raise
+
+    def _proc_pax(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        # Python < 3.11.10 parses pax records with regexes that backtrack quadratically
+        # (CVE-2024-6232) and accepts broken framing. Check the records first with the
+        # linear rules of the fixed versions, then hand the bytes back to tarfile's stream.
+        stream = tf.fileobj
+        buf = getattr(stream, "buf", None)
+        pos = getattr(stream, "pos", None)
+        if isinstance(buf, bytes) and isinstance(pos, int):
+            data = stream.read(_blocks(self.size))
+            stream.buf = data + stream.buf  # type: ignore[attr-defined]
+            stream.pos -= len(data)  # type: ignore[attr-defined]
+            problem = _pax_problem(data)
+            if problem:
+                raise _InvalidHeader(problem)
+        return super()._proc_pax(tf)  # type: ignore[misc]
+
+
+def _blocks(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _pax_problem(data: bytes) -> str | None:
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        m = _PAX_LENGTH.match(data, pos)
+        if m is None:
+            return "malformed pax header"
+        length = int(m.group(1))
+        end = pos + length - 1
+        if length < 5 or end >= len(data) or data[end] != 0x0A:
+            return "malformed pax header"
+        keyword, eq, _ = data[m.end():end].partition(b"=")
+        if not keyword or not eq:
+            return "malformed pax header"
+        pos += length
+    if any(m.end() - m.start() > _MAX_DIGIT_RUN for m in _DIGITS.finditer(data)):
+        return "pax header with an overlong number"
+    return None
+
+
+def _where(last: str | None) -> str:
+    return f"in or after member {last!r}" if last is not None else "at the start"
+
+
+@contextlib.contextmanager
+def _open_stream(stream: BinaryIO) -> Iterator[_TarFile]:
+    try:
+        tf = _TarFile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE,
+                           tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
+    except DcbError:
+        raise
+    except Exception as e:
+        raise CorruptArchive(f"not a readable tar stream: {e}",
+                             hint="the artifact is damaged or not a tar archive") from None
+    try:
+        yield tf
+    finally:
+        with contextlib.suppress(Exception):
+            tf.close()
+
+
+def _next_member(tf: _TarFile, last: str | None) -> tarfile.TarInfo | None:
+    """The next member, or None at a proper end of the archive (checked)."""
+    try:
+        ti = tf.next()
+        members = getattr(tf, "members", None)
+        if isinstance(members, list):
+            members.clear()  # stream mode needs no index; keep memory flat
+    except DcbError:
+        raise
+    except Exception as e:
+        raise CorruptArchive(f"tar stream damaged {_where(last)}: {e}",
+                             hint="the artifact is damaged; verify the backup set") from None
+    if ti is not None:
+        return ti
+    err = tf.header_error
+    if not isinstance(err, _EOFHeader):
+        if err is None or isinstance(err, _EmptyHeader | _TruncatedHeader):
+            why = "ends without an end-of-archive marker (truncated?)"
+        else:
+            why = f"has a damaged header ({err})"
+        raise CorruptArchive(f"tar stream {why} {_where(last)}",
+                             hint="the artifact is damaged; verify the backup set")
+    try:
+        while chunk := tf.fileobj.read(CHUNK):
+            if chunk.count(0) != len(chunk):
+                raise CorruptArchive(f"tar stream has data after its end-of-archive marker "
+                                     f"({_where(last)})",
+                                     hint="the artifact is damaged; verify the backup set")
+    except DcbError:
+        raise
+    except Exception as e:
+        raise CorruptArchive(f"tar stream damaged {_where(last)}: {e}") from None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _normalise(name: str) -> tuple[str, None] | tuple[None, str]:
+    """(normalised path, None) or (None, why the name is refused). Root is ``.``."""
+    if not name:
+        return None, "empty name"
+    if "\0" in name:
+        return None, "NUL byte in the name"
+    if name.startswith("/"):
+        return None, "absolute path"
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return None, "'..' component"
+    path = "/".join(parts) or "."
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        return None, "name cannot be encoded"
+    if len(raw) > MAX_PATH_BYTES:
+        return None, f"name longer than {MAX_PATH_BYTES} bytes"
+    if any(len(p) > MAX_NAME_BYTES for p in raw.split(b"/")):
+        return None, f"a name component longer than {MAX_NAME_BYTES} bytes"
+    return path, None
+
+
+def _mtime_ns(ti: tarfile.TarInfo) -> int:
+    raw = ti.pax_headers.get("mtime")
+    if raw is not None:
+        try:
+            d = decimal.Decimal(raw)
+        except decimal.InvalidOperation:
+            d = None
+        if d is not None and d.is_finite():
+            return int(d.scaleb(9).to_integral_value(rounding=decimal.ROUND_FLOOR))
+    m = ti.mtime
+    return m * _NS if isinstance(m, int) else int(m * _NS)
+
+
+def _sparse_map(ti: tarfile.TarInfo) -> list[tuple[int, int]] | None:
+    """A GNU sparse member's data regions (offset, length); None for a plain file."""
+    sparse = getattr(ti, "sparse", None)
+    if sparse is None:
+        return None
+    return [(int(off), int(n)) for off, n in sparse]
+
+
+def _sparse_problem(regions: list[tuple[int, int]], size: int) -> str | None:
+    end = 0
+    for off, n in regions:
+        if n == 0 and 0 <= off <= size:
+            continue  # GNU tar's end marker (size, 0) and unused slots (0, 0)
+        if off < end or n < 0 or off + n > size:
+            return "inconsistent sparse map"
+        end = off + n
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    entry: Entry
+    mtime_ns: int
+    sparse: list[tuple[int, int]] | None
+    offset_data: int
+
+
+class _Validator:
+    """The rules, applied member by member; also tracks what later members may refer to."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.by_path: dict[str, Entry] = {}
+        self.root: Entry | None = None
+        self.parents: set[str] = set()  # every path some member sits below
+        self.symlinks: dict[str, str] = {}
+        self.watchers: dict[str, set[str]] = {}  # path -> symlinks whose resolution met it
+
+    def check(self, ti: tarfile.TarInfo) -> tuple[_Member | None, list[str]]:
+        name = ti.name
+        problems: list[str] = []
+
+        def bad(why: str) -> None:
+            problems.append(f"{name!r}: {why}")
+
+        path, why = _normalise(name)
+        if path is None:
+            bad(why or "bad name")
+        if ti.type in _FILE_TYPES:
+            kind = FILE
+        elif ti.type == tarfile.DIRTYPE:
+            kind = DIR
+        elif ti.type == tarfile.SYMTYPE:
+            kind = SYMLINK
+        elif ti.type == tarfile.LNKTYPE:
+            kind = HARDLINK
+        else:
+            desc = _SPECIAL_NAMES.get(ti.type, f"unsupported member type {ti.type!r}")
+            bad(f"{desc} (only files, directories, symlinks and hard links are restored)")
+            return None, problems
+        if kind != DIR and name.endswith("/"):
+            bad(f"a {kind} whose name ends with '/'")
+        for what, value in (("uid", ti.uid), ("gid", ti.gid)):
+            if not 0 <= value <= _MAX_ID:
+                bad(f"{what} {value} out of range")
+        if ti.size < 0:
+            bad(f"negative size {ti.size}")
+        sparse = _sparse_map(ti) if kind == FILE else None
+        if sparse is not None and (p := _sparse_problem(sparse, ti.size)):
+            bad(p)
+        if path is None:
+            return None, problems
+
+        linkname: str | None = None
+        if kind == SYMLINK:
+            linkname = ti.linkname
+        elif kind == HARDLINK:
+            linkname, why = _normalise(ti.linkname)
+            if linkname is None:
+                bad(f"hard link target {ti.linkname!r}: {why}")
+        mtime_ns = _mtime_ns(ti)
+        entry = Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size,
+                      mtime_ns // _NS, linkname)
+
+        if path == ".":
+            if kind != DIR:
+                bad(f"the archive root is a {kind}")
+            elif self.root is not None:
+                bad("duplicate entry for the archive root")
+            else:
+                self.root = entry
+            return (_Member(entry, mtime_ns, None, 0) if not problems else None), problems
+
+        if path in self.by_path:
+            bad("duplicate entry" + (f" (same path as {path!r})" if path != name else ""))
+            return None, problems
+        if kind != DIR and path in self.parents:
+            bad(f"a {kind}, but earlier members are inside it")
+        parent = path.rpartition("/")[0]
+        if parent and parent not in self.parents:
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                anc = "/".join(parts[:i])
+                e = self.by_path.get(anc)
+                if e is not None and e.type != DIR:
+                    bad(f"its parent {anc!r} is a {e.type} in the archive")
+                    break
+                self.parents.add(anc)
+
+        if kind == SYMLINK:
+            self._check_symlink(path, ti.linkname, bad)
+        elif kind == HARDLINK and linkname is not None:
+            target = self.by_path.get(linkname)
+            if target is None:
+                bad(f"hard link to {ti.linkname!r}, which is not an earlier member")
+            elif target.type not in (FILE, HARDLINK):
+                bad(f"hard link to {ti.linkname!r}, which is a {target.type}")
+
+        self.by_path[path] = entry
+        self.entries.append(entry)
+        member = _Member(entry, mtime_ns, sparse, ti.offset_data)
+        return (member if not problems else None), problems
+
+    def _check_symlink(self, path: str, target: str, bad: Callable[[str], None]) -> None:
+        if not target:
+            bad("symlink with an empty target")
+            return
+        if "\0" in target:
+            bad("NUL byte in the symlink target")
+            return
+        if target.startswith("/"):
+            bad(f"symlink to the absolute path {target!r} (absolute symlinks are refused: "
+                "after a restore they would point outside the volume)")
+            return
+        try:
+            raw = os.fsencode(target)
+        except UnicodeError:
+            bad("symlink target cannot be encoded")
+            return
+        if len(raw) >= MAX_PATH_BYTES:
+            bad(f"symlink target longer than {MAX_PATH_BYTES - 1} bytes")
+            return
+        self.symlinks[path] = target
+        why = self._resolve(path)
+        if why:
+            bad(f"symlink to {target!r} {why}")
+            del self.symlinks[path]
+            return
+        # Links resolved earlier through this path (then a plain directory) must be redone.
+        for other in sorted(self.watchers.pop(path, ())):
+            if other in self.symlinks and (why := self._resolve(other)):
+                bad(f"makes the earlier symlink {other!r} -> {self.symlinks[other]!r} {why}")
+
+    def _resolve(self, link: str) -> str | None:
+        """None if ``link`` stays inside the root, else why not; records what it met."""
+        stack = link.split("/")[:-1]
+        pending = self.symlinks[link].split("/")
+        pending.reverse()
+        hops = steps = 0
+        while pending:
+            steps += 1
+            if steps > _MAX_RESOLVE_STEPS:
+                return "takes too many steps to resolve"
+            part = pending.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return "resolves outside the archive root"
+                stack.pop()
+                continue
+            stack.append(part)
+            here = "/".join(stack)
+            self.watchers.setdefault(here, set()).add(link)
+            target = self.symlinks.get(here)
+            if target is not None:
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    return "is part of a symlink loop (or too many levels of symlinks)"
+                stack.pop()
+                more = target.split("/")
+                more.reverse()
+                pending.extend(more)
+        return None
+
+    def listing(self) -> Listing:
+        return Listing(tuple(self.entries), self.root)
+
+
+def _unsafe(problems: list[str], hint: str) -> UnsafeArchive:
+    shown = problems[:MAX_REPORTED]
+    more = len(problems) - len(shown)
+    text = "; ".join(shown) + (f"; and {more} more" if more else "")
+    return UnsafeArchive(f"unsafe tar archive: {text}", hint=hint, problems=tuple(problems))
+
+
+def validate_archive(stream: BinaryIO) -> Listing:
+    """Read a whole uncompressed tar stream and check every member before anything is written.
+
+    All problems are collected; :class:`UnsafeArchive` names up to ten of them. A damaged
+    or truncated stream raises :class:`CorruptArchive` at once.
+    """
+    v = _Validator()
+    problems: list[str] = []
+    last: str | None = None
+    with _open_stream(stream) as tf:
+        while (ti := _next_member(tf, last)) is not None:
+            problems += v.check(ti)[1]
+            last = ti.name
+    if problems:
+        raise _unsafe(problems, "nothing was extracted; the archive is not restored")
+    return v.listing()
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+
+
+def _differences(got: Entry, want: Entry) -> str:
+    fields = ("path", "type", "size", "linkname", "mode", "uid", "gid", "mtime")
+    return ", ".join(f"{f} {getattr(got, f)!r} instead of {getattr(want, f)!r}"
+                     for f in fields if getattr(got, f) != getattr(want, f))
+
+
+class _Extractor:
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.fds: dict[str, int] = {}
+        self.inodes: dict[str, tuple[int, int]] = {}
+        self.dirs: list[_Member] = []
+        self.chown = os.geteuid() == 0
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def trim(self) -> None:
+        if len(self.fds) > _FD_CACHE_LIMIT:
+            self.close()
+
+    # -- walking without following symlinks
+
+    def dir_fd(self, path: str) -> int:
+        """A descriptor of directory ``path`` (relative, '' is the root), created if needed."""
+        if not path:
+            return self.root_fd
+        fd = self.fds.get(path)
+        if fd is not None:
+            return fd
+        parts = path.split("/")
+        i = len(parts) - 1
+        while i > 0 and "/".join(parts[:i]) not in self.fds:
+            i -= 1
+        fd = self.fds["/".join(parts[:i])] if i else self.root_fd
+        for j in range(i, len(parts)):
+            fd = self._open_child_dir(fd, parts[j])
+            self.fds["/".join(parts[:j + 1])] = fd
+        return fd
+
+    def _open_child_dir(self, parent: int, name: str) -> int:
+        for _ in range(3):
+            try:
+                return os.open(name, _O_DIR, dir_fd=parent)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=parent)
+            except OSError:
+                # ELOOP (a symlink) or ENOTDIR (a file) in the way: replace, never follow.
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    raise
+                os.unlink(name, dir_fd=parent)
+        raise OSError(f"{name!r} keeps changing under the restore")
+
+    # -- members
+
+    def extract(self, m: _Member, tf: tarfile.TarFile) -> None:
+        e = m.entry
+        self.trim()
+        if e.path == ".":
+            return
+        parent, _, name = e.path.rpartition("/")
+        pfd = self.dir_fd(parent)
+        if e.type == DIR:
+            self._make_dir(pfd, name, e.path)
+            self.dirs.append(m)
+        elif e.type == FILE:
+            self._write_file(pfd, name, m, tf)
+        elif e.type == SYMLINK:
+            assert e.linkname is not None
+            self._retry(lambda: os.symlink(e.linkname or "", name, dir_fd=pfd), pfd, name)
+            if self.chown:
+                os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+            os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        else:
+            assert e.linkname is not None
+            tparent, _, tname = e.linkname.rpartition("/")
+            tfd = self.dir_fd(tparent)
+            st = os.stat(tname, dir_fd=tfd, follow_symlinks=False)
+            if self.inodes.get(e.linkname) != (st.st_dev, st.st_ino):
+                raise OSError(f"hard link target {e.linkname!r} changed during the restore")
+            self._retry(lambda: os.link(tname, name, src_dir_fd=tfd, dst_dir_fd=pfd,
+                                        follow_symlinks=False), pfd, name)
+            self.inodes[e.path] = (st.st_dev, st.st_ino)
+
+    def _retry(self, create: Callable[[], None], pfd: int, name: str) -> None:
+        try:
+            create()
+        except FileExistsError:
+            _remove_at(pfd, name)
+            create()
+
+    def _make_dir(self, pfd: int, name: str, path: str) -> None:
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                _remove_at(pfd, name)
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            elif st.st_mode & 0o700 != 0o700:
+                # Kept until the end, when the archive's mode is applied.
+                os.fchmod(self.dir_fd(path), stat.S_IMODE(st.st_mode) | 0o700)
+
+    def _write_file(self, pfd: int, name: str, m: _Member, tf: tarfile.TarFile) -> None:
+        e = m.entry
+        try:
+            fd = os.open(name, _O_NEW, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            _remove_at(pfd, name)
+            fd = os.open(name, _O_NEW, 0o600, dir_fd=pfd)
+        try:
+            _copy_data(tf, m, fd)
+            if self.chown:
+                os.fchown(fd, e.uid, e.gid)
+            os.fchmod(fd, e.mode)  # after chown, which clears setuid/setgid
+            os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+            st = os.fstat(fd)
+            self.inodes[e.path] = (st.st_dev, st.st_ino)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no truncated file under the real name
+                os.unlink(name, dir_fd=pfd)
+            raise
+        finally:
+            os.close(fd)
+
+    def finish(self, root: _Member | None) -> None:
+        """Directories' owners, modes and mtimes, deepest first; then the root's."""
+        for m in sorted(self.dirs, key=lambda m: m.entry.path.count("/"), reverse=True):
+            self.trim()
+            self._apply_dir(self.dir_fd(m.entry.path), m)
+        if root is not None:
+            self._apply_dir(self.root_fd, root)
+
+    def _apply_dir(self, fd: int, m: _Member) -> None:
+        e = m.entry
+        if self.chown:
+            os.fchown(fd, e.uid, e.gid)
+        os.fchmod(fd, e.mode)
+        os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+
+
+def _copy_data(tf: tarfile.TarFile, m: _Member, fd: int) -> None:
+    e = m.entry
+    src = tf.fileobj
+    try:
+        src.seek(m.offset_data)
+    except DcbError:
+        raise
+    except Exception as exc:
+        raise CorruptArchive(f"tar stream damaged in {e.path!r}: {exc}") from None
+    regions = m.sparse if m.sparse is not None else [(0, e.size)]
+    for off, n in regions:
+        if n == 0:
+            continue
+        if m.sparse is not None:
+            os.lseek(fd, off, os.SEEK_SET)  # the gaps stay holes
+        left = n
+        while left:
+            try:
+                b = src.read(min(CHUNK, left))
+            except DcbError:
+                raise
+            except Exception as exc:
+                raise CorruptArchive(f"tar stream damaged in {e.path!r}: {exc}") from None
+            if not b:
+                raise CorruptArchive(f"tar stream ends inside {e.path!r} (truncated?)",
+                                     hint="the artifact is damaged; verify the backup set")
+            left -= len(b)
+            view = memoryview(b)
+            while view:
+                view = view[os.write(fd, view):]
+    if m.sparse is not None:
+        os.ftruncate(fd, e.size)
+
+
+def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = None) -> Listing:
+    """Extract a tar stream into the existing directory ``dest`` exactly.
+
+    Numeric owners (when running as root), modes, mtimes, symlinks, hard links and empty
+    directories are restored; the ``.`` member sets ``dest``'s own owner, mode and mtime.
+    Every member is validated again before it is written; with ``expected`` (the listing
+    :func:`validate_archive` returned for the same artifact) each member must also equal the
+    validated one, in order. On an error the destination is left partly extracted.
+    """
+    try:
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise ExtractError(f"cannot open the restore target {dest}: {err.strerror}") from None
+    v = _Validator()
+    x = _Extractor(root_fd)
+    root: _Member | None = None
+    want = expected.entries if expected is not None else None
+    hint = "extraction stopped at this member; the destination is incomplete"
+    last: str | None = None
+    try:
+        with _open_stream(stream) as tf:
+            while (ti := _next_member(tf, last)) is not None:
+                m, problems = v.check(ti)
+                if problems or m is None:
+                    raise _unsafe(problems or [f"{ti.name!r}: refused"], hint)
+                e = m.entry
+                if expected is not None and want is not None:
+                    if e.path == ".":
+                        if e != expected.root:
+                            raise _unsafe([f"{ti.name!r}: the archive root differs from the "
+                                           "validated listing"], hint)
+                    else:
+                        i = len(v.entries) - 1
+                        if i >= len(want):
+                            raise _unsafe([f"{ti.name!r}: not in the validated listing"], hint)
+                        if e != want[i]:
+                            raise _unsafe([f"{ti.name!r}: differs from the validated listing "
+                                           f"({_differences(e, want[i])})"], hint)
+                if e.path == ".":
+                    root = m
+                try:
+                    x.extract(m, tf)
+                except (OSError, OverflowError) as err:
+                    raise ExtractError(f"cannot extract {ti.name!r} into {dest}: "
+                                       f"{_strerror(err)}") from None
+                last = ti.name
+        if want is not None:
+            if len(v.entries) < len(want):
+                missing = [e.path for e in want[len(v.entries):]][:MAX_REPORTED]
+                raise _unsafe([f"{p!r}: validated, but missing from the stream"
+                               for p in missing], hint)
+            if expected is not None and expected.root is not None and root is None:
+                raise _unsafe(["'.': validated, but missing from the stream"], hint)
+        try:
+            x.finish(root)
+        except (OSError, OverflowError) as err:
+            raise ExtractError(f"cannot set directory metadata in {dest}: "
+                               f"{_strerror(err)}") from None
+    finally:
+        x.close()
+        os.close(root_fd)
+    return v.listing()
+
+
+def _strerror(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
+
+
+# --------------------------------------------------------------------------------------------
+# Removal
+
+
+def _remove_at(parent: int, name: str) -> None:
+    """Remove ``name`` in directory ``parent``, a whole tree if it is a directory.
+
+    Never follows a symlink: a symlink is unlinked, directories are opened with O_NOFOLLOW.
+    Iterative, so depth is only bounded by open descriptors.
+    """
+    try:
+        os.unlink(name, dir_fd=parent)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            raise
+    # (parent fd, name, own fd, names still to remove)
+    stack: list[tuple[int, str, int, list[str]]] = []
+    try:
+        fd = os.open(name, _O_DIR, dir_fd=parent)
+        stack.append((parent, name, fd, os.listdir(fd)))
+        while stack:
+            pfd, dname, fd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(dname, dir_fd=pfd)
+                continue
+            child = names.pop()
+            try:
+                os.unlink(child, dir_fd=fd)
+                continue
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:
+                pass
+            except PermissionError:
+                st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise
+            cfd = os.open(child, _O_DIR, dir_fd=fd)
+            stack.append((fd, child, cfd, os.listdir(cfd)))
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
+
+
+def clear_directory(dest: Path) -> None:
+    """Remove everything inside ``dest`` (not ``dest`` itself) without following symlinks."""
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ExtractError(f"cannot open {dest}: {e.strerror}") from None
+    try:
+        for name in os.listdir(fd):
+            _remove_at(fd, name)
+    except OSError as e:
+        raise ExtractError(f"cannot empty {dest}: {_strerror(e)}") from None
+    finally:
+        os.close(fd)

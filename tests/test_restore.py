@@ -1,0 +1,219 @@
+"""``dcb restore`` against the real test stack: round trip, selective, refusals, undo."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from tests.conftest import run_dcb
+from tests.stackkit import TestStack
+
+
+def backup(stack: TestStack, directory: Path, *args: str, **sections: Any) -> tuple[Path, str]:
+    cfg = stack.write_config(directory, **sections)
+    r = run_dcb("backup", "--config", str(cfg), "-q", *args)
+    assert r.code == 0, r.err
+    return cfg, r.out.strip()
+
+
+def started_at(stack: TestStack, name: str) -> str:
+    return str(stack.client.containers.get(name).attrs["State"]["StartedAt"])
+
+
+def state(stack: TestStack) -> dict[str, Any]:
+    return {
+        "dart_cloud": stack.table_digest("dart_cloud"),
+        "functions_db": stack.table_digest("functions_db"),
+        "functions_data": stack.volume_listing(stack.functions_volume),
+    }
+
+
+def damage_live_data(stack: TestStack) -> None:
+    stack.psql("dart_cloud", "DELETE FROM invoices WHERE no % 3 = 0; "
+                             "ALTER TABLE users ADD COLUMN nickname text; "
+                             "UPDATE users SET nickname = 'x' WHERE id < 10; "
+                             "CREATE TABLE intruder (id int); INSERT INTO intruder VALUES (1);")
+    stack.psql("functions_db", "DELETE FROM invocations WHERE id > 1000;")
+    backend = stack.client.containers.get(stack.backend_container)
+    r = backend.exec_run(["sh", "-c", "rm -rf /data/functions/hello /data/logs/2024/app.log && "
+                                      "echo new > /data/functions/new.txt && "
+                                      "chmod 600 /data/functions/run.sh"])
+    assert r.exit_code == 0, r.output
+
+
+def test_full_round_trip(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path)
+    before = state(stack)
+    damage_live_data(stack)
+    assert state(stack) != before
+    r = run_dcb("restore", set_id, "--yes", "--config", str(cfg), timeout=900)
+    assert r.code == 0, r.err + r.out
+    assert "OK" in r.out.splitlines()[0] or "OK" in r.out
+    assert state(stack) == before
+    # Roles, views and sequences came back too; the apps run again.
+    assert stack.psql("dart_cloud", "SELECT count(*) FROM big_spenders").strip() != "0"
+    assert stack.psql("postgres", "SELECT 1 FROM pg_roles WHERE rolname='dart_app'").strip() == "1"
+    assert stack.client.containers.get(stack.backend_container).status == "running"
+    assert stack.client.containers.get(stack.postgres_container).status == "running"
+    # The report and the history say what happened; the safety snapshot is a complete set.
+    hist = json.loads(run_dcb("history", "--json", "--config", str(cfg)).out)
+    restore = next(h for h in hist if h["kind"] == "restore")
+    assert restore["ok"] is True and restore["set_id"] == set_id
+    safety = restore["safety_set_id"]
+    listed = {s["id"]: s for s in json.loads(run_dcb("list", "--json", "--config",
+                                                     str(cfg)).out)}
+    assert listed[safety]["status"] == "complete"
+    md = run_dcb("history", "--restore", restore["id"], "--config", str(cfg))
+    assert md.code == 0
+    assert "## Timeline" in md.out and "replace volume" in md.out and "success" in md.out
+
+
+def test_selective_restore_and_undo(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path)
+    at_backup = state(stack)
+    damage_live_data(stack)
+    damaged = state(stack)
+    pg_started = started_at(stack, stack.postgres_container)
+    r = run_dcb("restore", set_id, "--db", "dart_cloud", "--yes", "--json", "--config",
+                str(cfg))
+    assert r.code == 0, r.err + r.out
+    report = json.loads(r.out)["report"]
+    assert report["ok"] is True
+    assert report["verification"] == {"database dart_cloud": []}
+    now = state(stack)
+    assert now["dart_cloud"] == at_backup["dart_cloud"]
+    assert now["functions_db"] == damaged["functions_db"]  # untouched
+    assert now["functions_data"] == damaged["functions_data"]  # untouched
+    assert started_at(stack, stack.postgres_container) == pg_started  # never restarted
+    # Undo: the safety snapshot brings back the pre-restore state.
+    safety = report["safety_set_id"]
+    r = run_dcb("restore", safety, "--yes", "--no-safety-backup", "--config", str(cfg))
+    assert r.code == 0, r.err + r.out
+    assert state(stack)["dart_cloud"] == damaged["dart_cloud"]
+    # Put the stack back as the backup had it, for the tests that follow.
+    r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(cfg))
+    assert r.code == 0, r.err + r.out
+    assert state(stack) == at_backup
+
+
+def test_restore_as_another_name_touches_nothing_else(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--db", "dart_cloud")
+    backend_started = started_at(stack, stack.backend_container)
+    try:
+        r = run_dcb("restore", set_id, "--db", "dart_cloud", "--as", "dart_cloud_inspect",
+                    "--yes", "--config", str(cfg))
+        assert r.code == 0, r.err + r.out
+        assert stack.table_digest("dart_cloud_inspect") == stack.table_digest("dart_cloud")
+        assert started_at(stack, stack.backend_container) == backend_started
+    finally:
+        stack.psql("postgres", "DROP DATABASE IF EXISTS dart_cloud_inspect WITH (FORCE)")
+
+
+def test_dry_run_and_no_tty_change_nothing(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--db", "functions_db")
+    stack.psql("functions_db", "CREATE TABLE marker (x int)")
+    try:
+        r = run_dcb("restore", set_id, "--dry-run", "--config", str(cfg))
+        assert r.code == 0, r.err
+        assert f"Restore plan for set {set_id}" in r.out
+        assert "restore database functions_db" in r.out and "estimated total" in r.out
+        r = run_dcb("restore", set_id, "--config", str(cfg))  # stdin is not a TTY
+        assert r.code == 2
+        assert "refusing to restore without confirmation" in r.err
+        assert "marker" in stack.table_digest("functions_db")
+        assert len(json.loads(run_dcb("list", "--json", "--config", str(cfg)).out)) == 1
+    finally:
+        stack.psql("functions_db", "DROP TABLE IF EXISTS marker")
+
+
+def _rewrite_artifact(set_dir: Path, file: str, data: bytes) -> None:
+    (set_dir / file).write_bytes(data)
+    m = json.loads((set_dir / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        if a["file"] == file:
+            a["size_bytes"] = len(data)
+            a["sha256"] = hashlib.sha256(data).hexdigest()
+    (set_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_corrupt_set_is_refused_before_anything_changes(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path)
+    set_dir = tmp_path / "backups" / set_id
+    vol = next(set_dir.glob("volume-*functions_data*"))
+    data = bytearray(vol.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    vol.write_bytes(bytes(data))
+    before = state(stack)
+    starts = {n: started_at(stack, n) for n in (stack.backend_container,
+                                                stack.postgres_container)}
+    r = run_dcb("restore", set_id, "--yes", "--config", str(cfg))
+    assert r.code == 1
+    assert "failed validation" in r.err and vol.name in r.err and "checksum" in r.err
+    assert state(stack) == before
+    assert {n: started_at(stack, n) for n in starts} == starts
+
+
+def test_crafted_archive_is_refused_and_nothing_written_outside(stack: TestStack,
+                                                                tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--volume", stack.functions_volume)
+    set_dir = tmp_path / "backups" / set_id
+    vol = next(set_dir.glob("volume-*"))
+    evil = io.BytesIO()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with tarfile.open(fileobj=evil, mode="w") as tf:
+        ti = tarfile.TarInfo("escape")
+        ti.type, ti.linkname = tarfile.SYMTYPE, str(outside)
+        tf.addfile(ti)
+        payload = b"pwned"
+        ti = tarfile.TarInfo("escape/evil.txt")
+        ti.size = len(payload)
+        tf.addfile(ti, io.BytesIO(payload))
+        ti = tarfile.TarInfo("../../../../tmp/dcb-escape.txt")
+        ti.size = len(payload)
+        tf.addfile(ti, io.BytesIO(payload))
+    _rewrite_artifact(set_dir, vol.name, zstandard.ZstdCompressor().compress(evil.getvalue()))
+    before = stack.volume_listing(stack.functions_volume)
+    r = run_dcb("restore", set_id, "--yes", "--config", str(cfg))
+    assert r.code == 1
+    assert "escape" in r.err
+    assert list(outside.iterdir()) == []
+    assert not Path("/tmp/dcb-escape.txt").exists()
+    assert stack.volume_listing(stack.functions_volume) == before
+
+
+def test_broken_dump_leaves_the_old_database_and_restarts_apps(stack: TestStack,
+                                                               tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--db", "functions_db",
+                         storage={"db_format": "plain", "compression": "gzip"})
+    set_dir = tmp_path / "backups" / set_id
+    art = next(set_dir.glob("db-functions_db.sql.gz"))
+    sql = gzip.decompress(art.read_bytes()).decode()
+    cut = sql.index("COPY public.invocations")
+    broken = sql[:cut] + "CREATE TABLE broken (;\n" + sql[cut:]
+    _rewrite_artifact(set_dir, art.name, gzip.compress(broken.encode()))
+    before = stack.table_digest("functions_db")
+    r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(cfg))
+    assert r.code == 1
+    assert "old database is untouched" in r.out + r.err
+    assert "functions_db: unchanged" in r.out
+    assert stack.table_digest("functions_db") == before
+    names = stack.psql("postgres", "SELECT datname FROM pg_database").split()
+    assert not [n for n in names if "__dcb" in n]  # no temporary database left behind
+    assert stack.client.containers.get(stack.backend_container).status == "running"
+
+
+def test_unknown_set_and_selection(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--db", "functions_db")
+    r = run_dcb("restore", "20990101T000000Z", "--yes", "--config", str(cfg))
+    assert r.code == 4 and "not found" in r.err
+    r = run_dcb("restore", set_id, "--db", "dart_cloud", "--yes", "--config", str(cfg))
+    assert r.code == 2 and "has no database 'dart_cloud'" in r.err
+
