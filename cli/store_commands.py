@@ -126,7 +126,7 @@ def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
-    sets = BackupStore(cfg.backup_dir).list_sets()
+    sets = BackupStore.for_config(cfg).list_sets()
     verified = _verified_index(cfg)
     if args.json:
         data = []
@@ -153,7 +153,7 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
-    s = BackupStore(cfg.backup_dir).get(args.id)
+    s = BackupStore.for_config(cfg).get(args.id)
     if args.json:
         print_json(s.to_json())
         return 0
@@ -177,7 +177,7 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
-    store = BackupStore(cfg.backup_dir)
+    store = BackupStore.for_config(cfg)
     sets = store.list_sets()
     if args.all and args.id:
         raise UsageError("give a set id or --all, not both")

@@ -129,7 +129,7 @@ class BackupRun:
         self.cancel = cancel or threading.Event()
         self.clock = clock
         self.root = cfg.backup_dir
-        self.store = BackupStore(self.root)
+        self.store = BackupStore.for_config(cfg)
         self._stop_lock = threading.Lock()
 
     # -- the run ----------------------------------------------------------------------------

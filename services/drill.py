@@ -47,7 +47,7 @@ class DrillResult:
 
 def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_reporter,
               cancel: threading.Event | None = None) -> DrillResult:
-    store = BackupStore(cfg.backup_dir)
+    store = BackupStore.for_config(cfg)
     if set_id is None:
         complete = [s for s in store.list_sets() if s.status == "complete"]
         if not complete:

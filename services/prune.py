@@ -22,7 +22,7 @@ class PruneResult:
 
 
 def plan_prune(cfg: Config, now: datetime | None = None) -> list[Decision]:
-    return plan(BackupStore(cfg.backup_dir).list_sets(), cfg.retention, now or datetime.now(UTC))
+    return plan(BackupStore.for_config(cfg).list_sets(), cfg.retention, now or datetime.now(UTC))
 
 
 def _remove(s: BackupSet) -> int:

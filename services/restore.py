@@ -163,7 +163,7 @@ class RestoreFlow:
         self.report = locked(reporter)
         self.cancel = cancel or threading.Event()
         self.target = target or Target.live(cfg)
-        self.store = BackupStore(cfg.backup_dir)
+        self.store = BackupStore.for_config(cfg)
         self._gw = gw
         self._volume_diffs: dict[str, list[str]] = {}
 

@@ -90,7 +90,7 @@ def summarize_backups(cfg: Config) -> BackupSummary:
     # Imported here: the store module is heavier and status must work without a store.
     from services.store import BackupStore
 
-    sets = [s for s in BackupStore(cfg.backup_dir).list_sets()
+    sets = [s for s in BackupStore.for_config(cfg).list_sets()
             if s.status in ("complete", "legacy")]
     if not sets:
         return BackupSummary(count=0)

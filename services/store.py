@@ -136,11 +136,24 @@ def parse_set_id(set_id: str) -> datetime:
     return datetime.strptime(set_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
+LEGACY_VOLUMES = {"postgres_volume": "postgres_data", "functions_volume": "functions_data"}
+
+
 class BackupStore:
     """Reads and writes sets under one backup directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, legacy_volumes: dict[str, str] | None = None) -> None:
         self.root = root
+        self.legacy_volumes = legacy_volumes or LEGACY_VOLUMES
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> BackupStore:
+        """The store of a configuration; legacy volume names map onto its volumes."""
+        stack = cfg.stack
+        functions = next((v for v in stack.volumes if v.endswith("functions_data")),
+                         "functions_data")
+        return cls(cfg.backup_dir, {"postgres_volume": stack.postgres_data_volume,
+                                    "functions_volume": functions})
 
     # -- reading ---------------------------------------------------------------------------
     def list_sets(self) -> list[BackupSet]:
@@ -194,8 +207,7 @@ class BackupStore:
                 if ext == "meta":
                     continue
                 kind = "volume" if ext == "tar.gz" else "database"
-                vol_name = {"postgres_volume": "postgres_data",
-                            "functions_volume": "functions_data"}.get(name, name)
+                vol_name = self.legacy_volumes.get(name, name)
                 artifacts.append(Artifact(
                     kind=kind, name=vol_name, file=str(f.relative_to(self.root)),
                     size_bytes=f.stat().st_size, sha256=None, compression="gzip",
