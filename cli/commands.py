@@ -61,7 +61,8 @@ def _show(v: Any) -> str:
 
 def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
-    from cli import restore_commands, store_commands
+    from cli import du_command, restore_commands, store_commands
 
     store_commands.register(add)
     restore_commands.register(add)
+    du_command.register(add)

@@ -76,10 +76,21 @@ class RetentionConfig:
     keep_monthly: int = 12
 
 
+@dataclass(frozen=True)
+class ObjectivesConfig:
+    """Recovery targets the console measures against."""
+
+    rpo_hours: float = 24.0
+    """Newest verified backup older than this: the recovery point objective is missed."""
+    rto_minutes: float = 60.0
+    """Last drill's measured time to recover above this: the objective is missed."""
+
+
 SECTIONS: dict[str, type] = {
     "stack": StackConfig,
     "storage": StorageConfig,
     "retention": RetentionConfig,
+    "objectives": ObjectivesConfig,
 }
 
 
@@ -88,6 +99,7 @@ class Config:
     stack: StackConfig = field(default_factory=StackConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     path: Path | None = None
     """The file the configuration was read from, if any."""
     sources: Mapping[str, str] = field(default_factory=dict)

@@ -7,6 +7,7 @@ person on call can act on; no traceback reaches the user.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -140,11 +141,23 @@ class DockerGateway:
         )
 
     def volume_sizes(self) -> dict[str, int]:
-        """Sizes of all volumes, as ``docker system df -v`` computes them."""
-        try:
-            df = self.client.df()
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-            raise _as_unavailable(e) from None
+        """Sizes of all volumes, as ``docker system df -v`` computes them.
+
+        The engine runs one disk-usage computation at a time and refuses a second; after a
+        few retries the sizes are reported unknown (empty) rather than failing the caller.
+        """
+        for attempt in range(10):
+            try:
+                df = self.client.df()
+                break
+            except docker.errors.APIError as e:
+                if "already running" not in str(e):
+                    raise _as_unavailable(e) from None
+                if attempt == 9:
+                    return {}
+                time.sleep(0.5)
+            except requests.exceptions.RequestException as e:
+                raise _as_unavailable(e) from None
         sizes: dict[str, int] = {}
         for v in df.get("Volumes") or []:
             size = (v.get("UsageData") or {}).get("Size", -1)

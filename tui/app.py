@@ -1,95 +1,144 @@
-"""The dcb console: a full-screen Textual app over services/."""
+"""The dcb console: a full-screen Textual app over services/.
+
+Keys come from one registry (the ``BINDINGS`` of the app and its screens); the footer, the
+help screen (``?``) and the command palette (ctrl+p) all derive from it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
-from textual.widgets import Footer, Header, Static
+from textual.screen import Screen
 
 from services.config import Config
-from services.docker_gateway import DockerGateway
-from services.errors import DcbError
-from services.status import StackStatus, collect_status
-from widgets.status_panes import ContainersPane, DiskPane, VolumesPane
+from tui.screens.common import ConfirmScreen, HelpScreen
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.restore import RestoreWizard
+from tui.screens.tasks import (
+    BackupScopeScreen,
+    BackupScreen,
+    PruneScreen,
+    TaskScreen,
+    VerifyScreen,
+)
 
 CSS_FILE = Path(__file__).resolve().parent.parent / "styles.tcss"
 
 
-class StatusLoaded(Message):
-    def __init__(self, status: StackStatus) -> None:
-        super().__init__()
-        self.status = status
-
-
-class StatusFailed(Message):
-    def __init__(self, error: DcbError) -> None:
-        super().__init__()
-        self.error = error
-
-
 class DcbApp(App[int]):
-    """The dashboard (issue 5 grows it into the full console)."""
-
     CSS_PATH = str(CSS_FILE)
     TITLE = "dcb"
     SUB_TITLE = "backup & disaster recovery"
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit"),
-        Binding("g", "refresh", "Refresh", id="refresh"),
+        Binding("question_mark", "help", "Help", id="help"),
     ]
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.cfg = cfg
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("Connecting to Docker...", id="connection")
-        yield ContainersPane(id="containers")
-        yield VolumesPane(id="volumes")
-        yield DiskPane(id="disk")
-        yield Footer()
-
     def on_mount(self) -> None:
-        self.action_refresh()
+        self.push_screen(DashboardScreen(self.cfg))
 
-    def action_refresh(self) -> None:
-        self.load_status()
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """True while a backup, verify or restore is running."""
+        for s in self.screen_stack:
+            if isinstance(s, TaskScreen) and s.running:
+                return True
+            if isinstance(s, RestoreWizard) and s.running:
+                return True
+        return False
 
-    @work(thread=True, exclusive=True, group="status", exit_on_error=False)
-    def load_status(self) -> None:
-        try:
-            gw = DockerGateway.connect(timeout=10)
-            try:
-                st = collect_status(self.cfg, gw)
-            finally:
-                gw.close()
-        except DcbError as e:
-            self.post_message(StatusFailed(e))
+    @property
+    def dashboard(self) -> DashboardScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, DashboardScreen)), None)
+
+    def _refresh_dashboard(self, _result: object = None) -> None:
+        if self.dashboard is not None:
+            self.dashboard.poll()
+
+    # -- actions --------------------------------------------------------------------------
+    async def action_quit(self) -> None:
+        if not self.busy:
+            self.exit(0)
             return
-        self.post_message(StatusLoaded(st))
 
-    @on(StatusLoaded)
-    def _show_status(self, msg: StatusLoaded) -> None:
-        conn = self.query_one("#connection", Static)
-        problems = "; ".join(msg.status.problems)
-        conn.update(f"Docker: connected{'  |  ' + problems if problems else ''}")
-        conn.set_class(bool(problems), "warning")
-        conn.remove_class("error")
-        self.query_one(ContainersPane).show(msg.status)
-        self.query_one(VolumesPane).show(msg.status)
-        self.query_one(DiskPane).show(msg.status)
+        def decided(yes: bool | None) -> None:
+            if yes:
+                for s in self.screen_stack:
+                    cancel = getattr(s, "cancel", None)
+                    if cancel is not None:
+                        cancel.set()
+                self.exit(0)
 
-    @on(StatusFailed)
-    def _show_error(self, msg: StatusFailed) -> None:
-        conn = self.query_one("#connection", Static)
-        hint = f"\n{msg.error.hint}" if msg.error.hint else ""
-        conn.update(f"Docker: {msg.error.message}{hint}")
-        conn.add_class("error")
+        self.push_screen(ConfirmScreen(
+            "Work is running. Quit anyway?\n\nIt is cancelled at the next safe point; "
+            "stopped containers are started again.", yes="Quit", danger=True), decided)
+
+    def action_backup(self) -> None:
+        if self.busy:
+            self.notify("a backup or restore is already running", severity="warning")
+            return
+
+        def chosen(scope: str | None) -> None:
+            if scope:
+                self.push_screen(BackupScreen(self.cfg, scope), self._refresh_dashboard)
+
+        self.push_screen(BackupScopeScreen(), chosen)
+
+    def start_restore(self, set_id: str) -> None:
+        if self.busy:
+            self.notify("a backup or restore is already running", severity="warning")
+            return
+        self.push_screen(RestoreWizard(self.cfg, set_id), self._refresh_dashboard)
+
+    def start_verify(self, set_id: str, deep: bool) -> None:
+        self.push_screen(VerifyScreen(self.cfg, set_id, deep), self._refresh_dashboard)
+
+    def action_prune(self) -> None:
+        self.push_screen(PruneScreen(self.cfg), self._refresh_dashboard)
+
+    def action_du(self) -> None:
+        try:
+            from tui.screens.du import DuScreen
+        except ImportError:
+            self.notify("disk-usage browser not available", severity="error")
+            return
+        self.push_screen(DuScreen(self.cfg.backup_dir))
+
+    def action_objectives(self) -> None:
+        try:
+            from tui.screens.objectives import ObjectivesScreen
+        except ImportError:
+            self.notify("recovery objectives not available", severity="error")
+            return
+        self.push_screen(ObjectivesScreen(self.cfg))
+
+    def action_help(self) -> None:
+        rows = []
+        seen = set()
+        for key, active in self.active_bindings.items():
+            b = active.binding
+            if b.description and (key, b.description) not in seen:
+                seen.add((key, b.description))
+                rows.append((b.key_display or key, b.description))
+        self.push_screen(HelpScreen(rows))
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Back up now", "Back up databases and volumes", self.action_backup)
+        yield SystemCommand("Prune", "Preview and apply the retention policy",
+                            self.action_prune)
+        yield SystemCommand("Disk usage", "Browse the backup directory by size", self.action_du)
+        yield SystemCommand("Recovery objectives", "RPO/RTO per database and volume",
+                            self.action_objectives)
+        yield SystemCommand("Help", "Every key", self.action_help)
 
 
 def run_tui(cfg: Config) -> int:

@@ -1,59 +1,109 @@
-"""Panes of the dashboard: containers, volumes, disk."""
+"""Panes of the dashboard: containers, disk, status line."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from textual.widgets import DataTable, Static
 
 from services import formatting as fmt
+from services.docker_gateway import ContainerInfo
+from services.overview import StoreOverview
 from services.status import StackStatus
 
 
+def state_markup(info: ContainerInfo | None) -> str:
+    if info is None:
+        return "[b red]missing[/]"
+    colour = "green" if info.running else "red"
+    if info.health == "unhealthy":
+        colour = "red"
+    return f"[{colour}]{info.state}[/]"
+
+
 class ContainersPane(DataTable[str]):
+    """Stack containers; rows are updated one by one from Docker's event stream."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
+        self.roles: dict[str, str] = {}
+
     def on_mount(self) -> None:
         self.border_title = "Containers"
-        self.cursor_type = "row"
-        self.add_columns("Container", "Role", "State", "Health", "Image", "Uptime")
+        self.add_column("Container", key="name")
+        self.add_column("Role", key="role")
+        self.add_column("State", key="state")
+        self.add_column("Health", key="health")
+        self.add_column("Image", key="image")
+        self.add_column("Uptime", key="uptime")
+
+    def set_roles(self, roles: dict[str, str]) -> None:
+        self.roles = roles
+        self.clear()
+        for name, role in roles.items():
+            self.add_row(name, role, "…", "-", "-", "-", key=name)
 
     def show(self, st: StackStatus) -> None:
-        self.clear()
         for c in st.containers:
-            if c.info is None:
-                self.add_row(c.name, c.role, "[b red]missing[/]", "-", "-", "-", key=c.name)
-                continue
-            colour = "green" if c.info.running else "red"
-            self.add_row(c.name, c.role, f"[{colour}]{c.info.state}[/]", c.info.health or "-",
-                         c.info.image, fmt.uptime(c.info.uptime_seconds(st.collected_at)),
-                         key=c.name)
+            self.update_container(c.name, c.info)
 
+    def update_container(self, name: str, info: ContainerInfo | None) -> None:
+        if name not in self.roles:
+            return
+        now = datetime.now(UTC)
+        values = {
+            "state": state_markup(info),
+            "health": (info.health or "-") if info else "-",
+            "image": info.image if info else "-",
+            "uptime": fmt.uptime(info.uptime_seconds(now)) if info else "-",
+        }
+        for col, value in values.items():
+            self.update_cell(name, col, value)
 
-class VolumesPane(DataTable[str]):
-    def on_mount(self) -> None:
-        self.border_title = "Volumes"
-        self.cursor_type = "row"
-        self.add_columns("Volume", "Size", "Used by")
-
-    def show(self, st: StackStatus) -> None:
-        self.clear()
-        for v in st.volumes:
-            size = fmt.size(v.size_bytes) if v.exists else "[b red]missing[/]"
-            self.add_row(v.name, size, ", ".join(v.used_by) or "-", key=v.name)
+    def mark_unknown(self) -> None:
+        for name in self.roles:
+            self.update_cell(name, "state", "[dim]unknown[/]")
 
 
 class DiskPane(Static):
-    def on_mount(self) -> None:
-        self.border_title = "Backup disk"
+    """Backup filesystem as a bar, the store's size by kind, each volume's size."""
 
-    def show(self, st: StackStatus) -> None:
-        d = st.disk
-        used_frac = d.used_bytes / d.total_bytes if d.total_bytes else 0
-        width = 30
-        filled = round(used_frac * width)
-        colour = "red" if d.free_percent < 10 else "green"
-        bar = f"[{colour}]{'█' * filled}[/]{'░' * (width - filled)}"
-        b = st.backups
-        backups = ("no backups yet" if b.count == 0
-                   else f"{b.count} sets, newest {b.newest_id} ({fmt.age(b.newest_created_at)})")
-        self.update(
-            f"{st.backup_dir}\n{bar} {fmt.size(d.used_bytes)} used, "
-            f"{fmt.size(d.free_bytes)} free of {fmt.size(d.total_bytes)}\nBackups: {backups}"
-        )
+    def on_mount(self) -> None:
+        self.border_title = "Disk"
+
+    def show(self, st: StackStatus | None, ov: StoreOverview | None,
+             warn_percent: int) -> None:
+        lines = []
+        if st is not None:
+            d = st.disk
+            used_frac = d.used_bytes / d.total_bytes if d.total_bytes else 0
+            width = 24
+            filled = round(used_frac * width)
+            low = d.free_percent < warn_percent
+            colour = "red" if low else "green"
+            bar = f"[{colour}]{'█' * filled}[/]{'░' * (width - filled)}"
+            warn = "  [b red]LOW SPACE[/]" if low else ""
+            lines.append(f"{bar} {fmt.size(d.free_bytes)} free of {fmt.size(d.total_bytes)}"
+                         f" ({d.free_percent:.0f}%){warn}")
+            lines.append(f"[dim]{st.backup_dir}[/]")
+        if ov is not None:
+            kinds = ", ".join(f"{k} {fmt.size(v)}" for k, v in sorted(ov.bytes_by_kind.items()))
+            lines.append(f"backups: {kinds or 'none yet'}")
+        if st is not None:
+            for v in st.volumes:
+                size = fmt.size(v.size_bytes) if v.exists else "[b red]missing[/]"
+                lines.append(f"volume {v.name}: {size}")
+        self.update("\n".join(lines) or "…")
+
+
+class StatusLine(Static):
+    """Last good backup's age, schedule, Docker connection state."""
+
+    def show(self, ov: StoreOverview | None, docker_state: str) -> None:
+        age = fmt.age(ov.last_good) if ov and ov.last_good else "never"
+        colour = "green"
+        if ov is None or ov.last_good is None or (
+                datetime.now(UTC) - ov.last_good).total_seconds() > 36 * 3600:
+            colour = "yellow"
+        self.update(f"last good backup: [{colour}]{age}[/]  │  schedule: none configured  │  "
+                    f"docker: {docker_state}")

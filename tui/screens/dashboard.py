@@ -1,0 +1,220 @@
+"""The first screen: containers (live), disk, backups, status line."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, cast
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input
+
+from services.config import Config
+from services.docker_gateway import DockerGateway
+from services.errors import DcbError
+from services.events import (
+    ContainerChanged,
+    EngineDown,
+    EngineUp,
+    WatchEvent,
+    watch_containers,
+)
+from services.overview import StoreOverview, store_overview
+from services.status import StackStatus, collect_status
+from tui.messages import ContainerEvent
+from widgets.backups_table import BackupsTable
+from widgets.status_panes import ContainersPane, DiskPane, StatusLine
+
+if TYPE_CHECKING:
+    from tui.app import DcbApp
+
+POLL_SECONDS = 10.0
+
+
+class Polled(Message):
+    def __init__(self, status: StackStatus | None, overview: StoreOverview | None,
+                 error: DcbError | None) -> None:
+        super().__init__()
+        self.status = status
+        self.overview = overview
+        self.error = error
+
+
+class DashboardScreen(Screen[None]):
+    BINDINGS = [
+        Binding("b", "app.backup", "Back up", id="backup"),
+        Binding("r", "restore", "Restore", id="restore"),
+        Binding("v", "verify(False)", "Verify", id="verify"),
+        Binding("V", "verify(True)", "Deep verify", show=False, id="verify-deep"),
+        Binding("p", "app.prune", "Prune", id="prune"),
+        Binding("d", "app.du", "Disk usage", id="du"),
+        Binding("o", "app.objectives", "RPO/RTO", id="objectives"),
+        Binding("enter", "details", "Details", show=False, id="details"),
+        Binding("slash", "filter", "Filter", id="filter"),
+        Binding("s", "sort", "Sort", show=False, id="sort"),
+        Binding("g", "refresh", "Refresh", show=False, id="refresh"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.status: StackStatus | None = None
+        self.overview: StoreOverview | None = None
+        self.docker_state = "connecting…"
+        self._stop_watch = threading.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield StatusLine(id="statusline")
+        with Horizontal(id="top"):
+            yield ContainersPane(id="containers")
+            yield DiskPane(id="disk")
+        yield Input(placeholder="filter by id or status…", id="filter")
+        yield BackupsTable(id="backups")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        roles = {self.cfg.stack.postgres_container: "postgres"}
+        for n in self.cfg.stack.app_containers:
+            roles.setdefault(n, "app")
+        self.query_one(ContainersPane).set_roles(roles)
+        self.query_one("#filter", Input).display = False
+        self.query_one(BackupsTable).focus()
+        self._render_status()
+        self.watch_docker(list(roles))
+        self.poll()
+
+    def on_unmount(self) -> None:
+        self._stop_watch.set()
+
+    # -- background work ------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="dashboard-watch", exit_on_error=False)
+    def watch_docker(self, names: list[str]) -> None:
+        def forward(e: WatchEvent) -> None:
+            self.post_message(ContainerEvent(e))
+
+        watch_containers(names, forward, self._stop_watch)
+
+    @work(thread=True, exclusive=True, group="dashboard-poll", exit_on_error=False)
+    def poll(self) -> None:
+        status = overview = None
+        error: DcbError | None = None
+        try:
+            overview = store_overview(self.cfg)
+        except (DcbError, OSError) as e:
+            error = e if isinstance(e, DcbError) else DcbError(str(e))
+        try:
+            gw = DockerGateway.connect(timeout=10)
+            try:
+                status = collect_status(self.cfg, gw)
+            finally:
+                gw.close()
+        except DcbError as e:
+            error = e
+        self.post_message(Polled(status, overview, error))
+
+    @on(Polled)
+    def _polled(self, msg: Polled) -> None:
+        if msg.overview is not None:
+            self.overview = msg.overview
+            self.query_one(BackupsTable).set_rows(list(msg.overview.rows))
+        if msg.status is not None:
+            self.status = msg.status
+            self.query_one(ContainersPane).show(msg.status)
+        elif msg.error is not None:
+            self.docker_state = f"[b red]{msg.error.message}[/]"
+            self.query_one(ContainersPane).mark_unknown()
+        self._render_status()
+        # Polls never overlap: the next one is armed when this one has landed.
+        self.set_timer(POLL_SECONDS, self._poll_if_visible)
+
+    def _poll_if_visible(self) -> None:
+        if self.app.screen is self:
+            self.poll()
+        else:
+            self.set_timer(POLL_SECONDS, self._poll_if_visible)
+
+    @on(ContainerEvent)
+    def _container_event(self, msg: ContainerEvent) -> None:
+        e = msg.event
+        if isinstance(e, ContainerChanged):
+            self.query_one(ContainersPane).update_container(e.name, e.info)
+        elif isinstance(e, EngineUp):
+            self.docker_state = "[green]connected[/]"
+        elif isinstance(e, EngineDown):
+            self.docker_state = f"[b red]unreachable: {e.error}[/] (retry in {e.retry_in:.0f}s)"
+            self.query_one(ContainersPane).mark_unknown()
+        self._render_status()
+
+    def _render_status(self) -> None:
+        self.query_one(StatusLine).show(self.overview, self.docker_state)
+        self.query_one(DiskPane).show(self.status, self.overview,
+                                      self.cfg.storage.min_free_percent)
+
+    # -- actions --------------------------------------------------------------------------
+    def action_refresh(self) -> None:
+        self.poll()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.query_one(BackupsTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        table = self.query_one(BackupsTable)
+        table.filter_text = event.value.strip()
+        table.refresh_rows()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one(BackupsTable).focus()
+
+    def action_sort(self) -> None:
+        key = self.query_one(BackupsTable).cycle_sort()
+        self.notify(f"sorted by {key}")
+
+    @property
+    def _app(self) -> DcbApp:
+        return cast("DcbApp", self.app)
+
+    def _selected(self) -> str | None:
+        return self.query_one(BackupsTable).selected_id()
+
+    @on(DataTable.RowSelected, "#backups")
+    def _row_selected(self) -> None:
+        self.action_details()
+
+    def action_details(self) -> None:
+        row = self.query_one(BackupsTable).selected_row()
+        if row is None:
+            self.notify("no backup selected", severity="warning")
+            return
+        from tui.screens.tasks import SetDetailScreen
+
+        self.app.push_screen(SetDetailScreen(row.set))
+
+    def action_restore(self) -> None:
+        sid = self._selected()
+        if sid is None:
+            self.notify("select a backup set to restore", severity="warning")
+            return
+        self._app.start_restore(sid)
+
+    def action_verify(self, deep: bool) -> None:
+        sid = self._selected()
+        if sid is None:
+            self.notify("select a backup set to verify", severity="warning")
+            return
+        self._app.start_verify(sid, deep)

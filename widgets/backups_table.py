@@ -1,0 +1,79 @@
+"""The backups table: sets newest first, sortable, filterable."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from services import formatting as fmt
+from services.overview import SetRow
+
+STATUS_STYLE = {"complete": "green", "legacy": "cyan", "incomplete": "yellow",
+                "failed": "b red"}
+SORT_KEYS = ("created", "size", "status")
+
+
+class BackupsTable(DataTable[str]):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
+        self.rows_data: list[SetRow] = []
+        self.filter_text = ""
+        self.sort_key = "created"
+        self.sort_reverse = True
+
+    def on_mount(self) -> None:
+        self.border_title = "Backups"
+        for label, key in (("ID", "id"), ("Age", "age"), ("Size", "size"),
+                           ("Status", "status"), ("Verified", "verified"),
+                           ("Replicated", "replicated")):
+            self.add_column(label, key=key)
+
+    def set_rows(self, rows: list[SetRow]) -> None:
+        self.rows_data = rows
+        self.refresh_rows()
+
+    def visible_rows(self) -> list[SetRow]:
+        f = self.filter_text.lower()
+        rows = [r for r in self.rows_data
+                if not f or f in r.set.id.lower() or f in r.set.status]
+        key = {"created": lambda r: (r.set.created_at, r.set.id),
+               "size": lambda r: (r.set.size_bytes, r.set.id),
+               "status": lambda r: (r.set.status, r.set.id)}[self.sort_key]
+        return sorted(rows, key=key, reverse=self.sort_reverse)
+
+    def refresh_rows(self) -> None:
+        selected = self.selected_id()
+        self.clear()
+        for r in self.visible_rows():
+            s = r.set
+            style = STATUS_STYLE.get(s.status, "")
+            self.add_row(s.id, fmt.age(s.created_at), fmt.size(s.size_bytes),
+                         f"[{style}]{s.status}[/]" if style else s.status,
+                         r.verified, r.replicated, key=s.id)
+        title = f"Backups ({self.row_count}"
+        title += f" of {len(self.rows_data)} matching {self.filter_text!r})" \
+            if self.filter_text else ")"
+        self.border_title = title
+        if selected is not None:
+            for i, r in enumerate(self.visible_rows()):
+                if r.set.id == selected:
+                    self.move_cursor(row=i)
+                    break
+
+    def cycle_sort(self) -> str:
+        i = SORT_KEYS.index(self.sort_key)
+        self.sort_key = SORT_KEYS[(i + 1) % len(SORT_KEYS)]
+        self.refresh_rows()
+        return self.sort_key
+
+    def selected_id(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return str(key.value) if key.value is not None else None
+
+    def selected_row(self) -> SetRow | None:
+        sid = self.selected_id()
+        return next((r for r in self.rows_data if r.set.id == sid), None)
