@@ -6,6 +6,18 @@ from datetime import UTC, datetime
 
 import humanize
 
+_fixed_now: datetime | None = None
+
+
+def now() -> datetime:
+    """The current time for display; tests pin it (``pin_now``) for deterministic screens."""
+    return _fixed_now or datetime.now(UTC)
+
+
+def pin_now(when: datetime | None) -> None:
+    global _fixed_now
+    _fixed_now = when
+
 
 def size(n: int | None) -> str:
     return "-" if n is None else humanize.naturalsize(n, binary=True)
@@ -25,11 +37,10 @@ def uptime(seconds: float | None) -> str:
     return humanize.naturaldelta(seconds)
 
 
-def age(when: datetime | None, now: datetime | None = None) -> str:
+def age(when: datetime | None, at: datetime | None = None) -> str:
     if when is None:
         return "never"
-    now = now or datetime.now(UTC)
-    return humanize.naturaltime(now - when)
+    return humanize.naturaltime((at or now()) - when)
 
 
 def rate(bytes_per_second: float | None) -> str:

@@ -24,6 +24,7 @@ from tui.screens.tasks import (
     TaskScreen,
     VerifyScreen,
 )
+from tui.sources import Sources
 
 CSS_FILE = Path(__file__).resolve().parent.parent / "styles.tcss"
 
@@ -37,12 +38,13 @@ class DcbApp(App[int]):
         Binding("question_mark", "help", "Help", id="help"),
     ]
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, sources: Sources | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.sources = sources
 
     def on_mount(self) -> None:
-        self.push_screen(DashboardScreen(self.cfg))
+        self.push_screen(DashboardScreen(self.cfg, self.sources))
 
     # -- state ----------------------------------------------------------------------------
     @property

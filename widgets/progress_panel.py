@@ -79,7 +79,7 @@ class ProgressPanel(Widget):
         yield RichLog(id="log", wrap=True, markup=True, max_lines=2000)
 
     def log_line(self, text: str) -> None:
-        self.query_one(RichLog).write(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
+        self.query_one(RichLog).write(f"[dim]{fmt.now():%H:%M:%S}[/] {text}")
 
     def handle(self, e: Event) -> None:
         if isinstance(e, StageStarted):

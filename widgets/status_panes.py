@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from textual.widgets import DataTable, Static
 
 from services import formatting as fmt
@@ -50,7 +48,7 @@ class ContainersPane(DataTable[str]):
     def update_container(self, name: str, info: ContainerInfo | None) -> None:
         if name not in self.roles:
             return
-        now = datetime.now(UTC)
+        now = fmt.now()
         values = {
             "state": state_markup(info),
             "health": (info.health or "-") if info else "-",
@@ -103,7 +101,7 @@ class StatusLine(Static):
         age = fmt.age(ov.last_good) if ov and ov.last_good else "never"
         colour = "green"
         if ov is None or ov.last_good is None or (
-                datetime.now(UTC) - ov.last_good).total_seconds() > 36 * 3600:
+                fmt.now() - ov.last_good).total_seconds() > 36 * 3600:
             colour = "yellow"
         self.update(f"last good backup: [{colour}]{age}[/]  │  schedule: none configured  │  "
                     f"docker: {docker_state}")

@@ -14,18 +14,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
 
 from services.config import Config
-from services.docker_gateway import DockerGateway
 from services.errors import DcbError
-from services.events import (
-    ContainerChanged,
-    EngineDown,
-    EngineUp,
-    WatchEvent,
-    watch_containers,
-)
-from services.overview import StoreOverview, store_overview
-from services.status import StackStatus, collect_status
+from services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from services.overview import StoreOverview
+from services.status import StackStatus
 from tui.messages import ContainerEvent
+from tui.sources import Sources
 from widgets.backups_table import BackupsTable
 from widgets.status_panes import ContainersPane, DiskPane, StatusLine
 
@@ -60,9 +54,10 @@ class DashboardScreen(Screen[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, sources: Sources | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.sources = sources or Sources(cfg)
         self.status: StackStatus | None = None
         self.overview: StoreOverview | None = None
         self.docker_state = "connecting…"
@@ -98,22 +93,18 @@ class DashboardScreen(Screen[None]):
         def forward(e: WatchEvent) -> None:
             self.post_message(ContainerEvent(e))
 
-        watch_containers(names, forward, self._stop_watch)
+        self.sources.watch(names, forward, self._stop_watch)
 
     @work(thread=True, exclusive=True, group="dashboard-poll", exit_on_error=False)
     def poll(self) -> None:
         status = overview = None
         error: DcbError | None = None
         try:
-            overview = store_overview(self.cfg)
+            overview = self.sources.overview()
         except (DcbError, OSError) as e:
             error = e if isinstance(e, DcbError) else DcbError(str(e))
         try:
-            gw = DockerGateway.connect(timeout=10)
-            try:
-                status = collect_status(self.cfg, gw)
-            finally:
-                gw.close()
+            status = self.sources.status()
         except DcbError as e:
             error = e
         self.post_message(Polled(status, overview, error))

@@ -1,0 +1,32 @@
+"""Where the dashboard's data comes from: the real services, or fixed data for snapshots."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from services.config import Config
+from services.docker_gateway import DockerGateway
+from services.events import WatchEvent, watch_containers
+from services.overview import StoreOverview, store_overview
+from services.status import StackStatus, collect_status
+
+
+class Sources:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def status(self) -> StackStatus:
+        """Raises ``DcbError`` (e.g. ``DockerUnavailable``)."""
+        gw = DockerGateway.connect(timeout=10)
+        try:
+            return collect_status(self.cfg, gw)
+        finally:
+            gw.close()
+
+    def overview(self) -> StoreOverview:
+        return store_overview(self.cfg)
+
+    def watch(self, names: Iterable[str], callback: Callable[[WatchEvent], None],
+              stop: threading.Event) -> None:
+        watch_containers(names, callback, stop)
