@@ -280,7 +280,7 @@ def test_legacy_sets_from_the_old_scripts_are_listed(tmp_path: Path, stack: Test
     assert legacy["created_at"].startswith("2024-01-05T02:00:00")
     assert sorted((a["kind"], a["name"], a["sha256"]) for a in legacy["artifacts"]) == [
         ("database", "dart_cloud", None), ("database", "functions_db", None),
-        ("volume", "functions_data", None)]
+        ("volume", stack.functions_volume, None)]  # mapped onto the configured volume
     r = run_dcb("verify", f"legacy-{ts}", "--config", str(cfg))
     assert "no checksum recorded" in r.out
 
