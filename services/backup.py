@@ -49,6 +49,7 @@ from services.progress import (
     locked,
     null_reporter,
 )
+from services.stopped import StoppedLedger
 from services.store import (
     DIR_MODE,
     HISTORY,
@@ -62,7 +63,6 @@ from services.store import (
 )
 from services.volumes import LocalTar, TarSource, open_volume_tar
 
-STOPPED_MARKER = ".stopped-containers.json"
 STOP_TIMEOUT = 30
 
 
@@ -83,6 +83,18 @@ class _Plan:
     estimate_bytes: int = 0
     server_version: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
+
+
+def restart_stopped(gw: DockerGateway, ledger: StoppedLedger, report: Reporter) -> None:
+    """Start what a killed earlier run left stopped (see services/stopped.py)."""
+    for name, by in ledger.pending().items():
+        report(LogLine(f"an interrupted {by} left {name} stopped: starting it", "warning"))
+        try:
+            gw.client.containers.get(name).start()
+        except Exception as e:
+            report(LogLine(f"could not start {name}: {e}", "error"))
+            continue
+        ledger.clear([name])
 
 
 def append_history(root: Path, entry: dict[str, Any]) -> None:
@@ -130,7 +142,7 @@ class BackupRun:
         self.clock = clock
         self.root = cfg.backup_dir
         self.store = BackupStore.for_config(cfg)
-        self._stop_lock = threading.Lock()
+        self.ledger = StoppedLedger(self.root)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, request: BackupRequest | None = None) -> BackupSet:
@@ -253,18 +265,7 @@ class BackupRun:
 
     def _recover(self, gw: DockerGateway) -> None:
         """Undo what a killed earlier run left behind: stopped containers, helpers."""
-        marker = self.root / STOPPED_MARKER
-        if marker.exists():
-            try:
-                names = json.loads(marker.read_text()).get("containers", [])
-            except (OSError, ValueError):
-                names = []
-            for name in names:
-                self.report(LogLine(f"a previous run was interrupted with {name} stopped: "
-                                    "starting it", "warning"))
-                with contextlib.suppress(DcbError):
-                    self._start_container(gw, name)
-            marker.unlink(missing_ok=True)
+        restart_stopped(gw, self.ledger, self.report)
         n = remove_stale_helpers(gw, store_tag(self.root))
         if n:
             self.report(LogLine(f"removed {n} helper container(s) left by a killed run",
@@ -494,28 +495,10 @@ class BackupRun:
                            hint=f"docker start {name}") from None
 
     def _mark_stopped(self, name: str) -> None:
-        with self._stop_lock:
-            marker = self.root / STOPPED_MARKER
-            names = []
-            if marker.exists():
-                with contextlib.suppress(OSError, ValueError):
-                    names = json.loads(marker.read_text()).get("containers", [])
-            if name not in names:
-                names.append(name)
-            atomic_write_bytes(marker, json.dumps({"containers": names}).encode())
+        self.ledger.mark(name, "backup")
 
     def _clear_stopped(self, gone: list[str]) -> None:
-        with self._stop_lock:
-            marker = self.root / STOPPED_MARKER
-            try:
-                names = json.loads(marker.read_text()).get("containers", [])
-            except (OSError, ValueError):
-                return
-            rest = [n for n in names if n not in gone]
-            if rest:
-                atomic_write_bytes(marker, json.dumps({"containers": rest}).encode())
-            else:
-                marker.unlink(missing_ok=True)
+        self.ledger.clear(gone)
 
     # -- failure --------------------------------------------------------------------------------
     def _fail(self, set_dir: Path, set_id: str, started: datetime, duration: float,

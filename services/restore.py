@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from services.artifacts import CHUNK, atomic_write_bytes, open_decompressed
-from services.backup import BackupRequest, BackupRun, append_history, ensure_store_dir
+from services.backup import (
+    BackupRequest,
+    BackupRun,
+    append_history,
+    ensure_store_dir,
+    restart_stopped,
+)
 from services.config import Config
 from services.disk import disk_usage
 from services.docker_gateway import DockerGateway
@@ -42,6 +48,7 @@ from services.progress import (
     null_reporter,
 )
 from services.safe_tar import Listing, clear_directory, extract_archive, validate_archive
+from services.stopped import StoppedLedger
 from services.store import Artifact, BackupSet, BackupStore
 from services.verify import verify_set
 from services.volumes import mountpoint_usable
@@ -166,6 +173,7 @@ class RestoreFlow:
         self.store = BackupStore.for_config(cfg)
         self._gw = gw
         self._volume_diffs: dict[str, list[str]] = {}
+        self.ledger = StoppedLedger(cfg.backup_dir)
 
     @property
     def gw(self) -> DockerGateway:
@@ -386,6 +394,8 @@ class RestoreFlow:
             return self._execute_locked(plan)
 
     def _execute_locked(self, plan: RestorePlan) -> RestoreReport:
+        if not self.target.sandbox:
+            restart_stopped(self.gw, self.ledger, self.report)
         now = datetime.now(UTC)
         rid = now.strftime("restore-%Y%m%dT%H%M%SZ")
         report = RestoreReport(restore_id=rid, set_id=plan.set.id)
@@ -442,6 +452,7 @@ class RestoreFlow:
             with step("postgres"):
                 if pg_stopped or not self._pg_running():
                     self.gw.client.containers.get(self.target.postgres_container).start()
+                    self.ledger.clear([self.target.postgres_container])
                     pg_stopped = False
                 self.pg.wait_ready(timeout=120)
             if plan.globals is not None:
@@ -495,6 +506,8 @@ class RestoreFlow:
     # -- steps ----------------------------------------------------------------------------------
     def _stop(self, name: str) -> None:
         self.report(LogLine(f"stopping {name}"))
+        if not self.target.sandbox:
+            self.ledger.mark(name, "restore")
         try:
             self.gw.client.containers.get(name).stop(timeout=30)
         except Exception as e:
@@ -504,6 +517,7 @@ class RestoreFlow:
         for n in names:
             c = self.gw.client.containers.get(n)
             c.start()
+        self.ledger.clear(names)
         deadline = time.monotonic() + 60
         for n in names:
             while True:

@@ -123,6 +123,11 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
         volumes.append(VolumeStatus(name=vname, exists=True, size_bytes=sizes.get(vname),
                                     used_by=users))
 
+    from services.stopped import StoppedLedger
+
+    for name, by in StoppedLedger(cfg.backup_dir).pending().items():
+        problems.append(f"{name} was stopped by an interrupted dcb {by} and not started again "
+                        "(the next backup or restore starts it; or `docker start` it)")
     return StackStatus(
         collected_at=datetime.now(UTC),
         containers=tuple(containers),

@@ -15,6 +15,7 @@ from services.config import load_config
 from tests.conftest import run_dcb
 from tests.stackkit import BUSYBOX_IMAGE, TestStack
 from tui.app import DcbApp
+from tui.screens import dashboard
 from tui.screens.common import HelpScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.restore import RestoreWizard
@@ -68,7 +69,10 @@ async def test_dashboard_shows_stack_and_backups_and_quits(stack: TestStack, tmp
     assert app.return_code == 0
 
 
-async def test_stopped_container_turns_red_live(stack: TestStack, tmp_path: Path):
+async def test_stopped_container_turns_red_live(stack: TestStack, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch):
+    # No poll after the first: only Docker's event stream can change the row.
+    monkeypatch.setattr(dashboard, "POLL_SECONDS", 3600.0)
     c = stack.client.containers.run(BUSYBOX_IMAGE, ["sleep", "600"], name=f"{stack.prefix}-app2",
                                     detach=True, network_mode="none", init=True,
                                     labels={"dcb.test": "1"})
@@ -85,9 +89,9 @@ async def test_stopped_container_turns_red_live(stack: TestStack, tmp_path: Path
 
             await wait_for(pilot, lambda: "running" in state_of(c.name), what="running")
             c.kill()
-            # From Docker's event stream, not the 10 s poll.
-            await wait_for(pilot, lambda: "exited" in state_of(c.name), timeout=5,
-                           what="exited within 5 s")
+            # Typically well under a second; the bound is loose for loaded CI machines.
+            await wait_for(pilot, lambda: "exited" in state_of(c.name), timeout=15,
+                           what="exited from the event stream")
             assert "red" in state_of(c.name)
     finally:
         c.remove(force=True)

@@ -97,11 +97,15 @@ class DiskPane(Static):
 class StatusLine(Static):
     """Last good backup's age, schedule, Docker connection state."""
 
-    def show(self, ov: StoreOverview | None, docker_state: str) -> None:
+    def show(self, ov: StoreOverview | None, docker_state: str,
+             problems: tuple[str, ...] = ()) -> None:
         age = fmt.age(ov.last_good) if ov and ov.last_good else "never"
         colour = "green"
         if ov is None or ov.last_good is None or (
                 fmt.now() - ov.last_good).total_seconds() > 36 * 3600:
             colour = "yellow"
-        self.update(f"last good backup: [{colour}]{age}[/]  │  schedule: none configured  │  "
-                    f"docker: {docker_state}")
+        text = (f"last good backup: [{colour}]{age}[/]  │  schedule: none configured  │  "
+                f"docker: {docker_state}")
+        if problems:
+            text += "\n" + "\n".join(f"[b red]⚠ {p}[/]" for p in problems)
+        self.update(text)

@@ -143,7 +143,8 @@ class DashboardScreen(Screen[None]):
         self._render_status()
 
     def _render_status(self) -> None:
-        self.query_one(StatusLine).show(self.overview, self.docker_state)
+        problems = self.status.problems if self.status is not None else ()
+        self.query_one(StatusLine).show(self.overview, self.docker_state, problems)
         self.query_one(DiskPane).show(self.status, self.overview,
                                       self.cfg.storage.min_free_percent)
 
