@@ -38,6 +38,7 @@ from services.postgres import (
     PLAIN_DUMP_END,
     DumpError,
     PgGateway,
+    first_error,
 )
 from services.progress import (
     ByteMeter,
@@ -349,7 +350,7 @@ class BackupRun:
                 code = proc.wait(60)
                 if code != 0:
                     raise DumpError(f"pg_dumpall --globals-only failed (exit {code}): "
-                                    f"{proc.stderr_text[-500:]}")
+                                    f"{first_error(proc.stderr_text)}")
             if CLUSTER_DUMP_END not in w.tail:
                 raise DumpError("pg_dumpall output lacks its completion marker")
             written = w.commit()
@@ -374,10 +375,23 @@ class BackupRun:
             fname, compression = f"db-{db}.sql" + EXTENSIONS[st.compression], st.compression
         with pg.snapshot_session(db) as snap, \
                 ArtifactWriter(set_dir / fname, compression, st.compression_level) as w:
-            proc = pg.dump(db, fmt=fmt, snapshot=snap.snapshot)
+            proc = pg.dump(db, fmt=fmt, snapshot=snap.snapshot,
+                           lock_wait_timeout=self.cfg.stack.lock_wait_timeout)
             counts: dict[str, int] = {}
-            counter = threading.Thread(target=lambda: counts.update(snap.row_counts()),
-                                       name=f"dcb-rowcount-{db}", daemon=True)
+            count_error: list[BaseException] = []
+
+            def count_rows() -> None:
+                # A session of its own importing the snapshot: a failure here cannot end
+                # the exporting transaction under pg_dump's feet.
+                try:
+                    counts.update(pg.row_counts(
+                        db, snapshot=snap.snapshot,
+                        lock_wait_timeout=self.cfg.stack.lock_wait_timeout))
+                except BaseException as e:
+                    count_error.append(e)
+
+            counter = threading.Thread(target=count_rows, name=f"dcb-rowcount-{db}",
+                                       daemon=True)
             counter.start()
             try:
                 self._pump(proc, w, meter)
@@ -385,14 +399,25 @@ class BackupRun:
             finally:
                 proc.close()
             if code != 0:
-                raise DumpError(f"pg_dump {db} failed (exit {code}): {proc.stderr_text[-500:]}")
+                err = proc.stderr_text
+                if "statement timeout" in err or "lock timeout" in err:
+                    raise DumpError(
+                        f"pg_dump {db} failed: a table stayed locked by another session "
+                        f"for more than {self.cfg.stack.lock_wait_timeout}s",
+                        hint="find the holder in pg_locks / pg_stat_activity, or raise "
+                             "[stack] lock_wait_timeout")
+                raise DumpError(f"pg_dump {db} failed (exit {code}): {first_error(err)}")
             if w.raw_bytes == 0:
                 raise DumpError(f"pg_dump {db} produced no output")
             if fmt == "plain" and PLAIN_DUMP_END not in w.tail:
                 raise DumpError(f"pg_dump {db}: output lacks its completion marker (truncated)")
             counter.join(600)
-            if counter.is_alive() or (not counts and snap.proc.stream.eof):
-                raise DumpError(f"row counts for {db} could not be taken")
+            if count_error:
+                cerr = count_error[0]
+                raise DumpError(f"counting rows of {db} failed: "
+                                f"{cerr.message if isinstance(cerr, DcbError) else cerr}")
+            if counter.is_alive():
+                raise DumpError(f"counting rows of {db} did not finish")
             written = w.commit()
         if fmt == "custom":
             with open(written.path, "rb") as f:
@@ -449,7 +474,7 @@ class BackupRun:
                     proc.close()
                 if code != 0:
                     raise DcbError(f"archiving volume {volume} failed (exit {code}): "
-                                   f"{proc.stderr_text[-500:]}")
+                                   f"{first_error(proc.stderr_text)}")
                 if w.raw_bytes == 0:
                     raise DcbError(f"archiving volume {volume} produced no output")
                 written = w.commit()

@@ -43,6 +43,8 @@ class StackConfig:
     app_containers: tuple[str, ...] = ("dart-cloud-backend",)
     postgres_data_volume: str = "postgres_data"
     stop_during_backup: tuple[str, ...] = ("dart-cloud-backend",)
+    lock_wait_timeout: int = 120
+    """Seconds a dump waits for a table lock before failing (0: wait forever)."""
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,7 @@ def remove_stale_helpers(gw: DockerGateway, owner: str) -> int:
     n = 0
     for c in gw.client.containers.list(all=True,
                                        filters={"label": f"{HELPER_LABEL}={owner}"}):
-        with contextlib.suppress(docker.errors.APIError):
+        with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
             c.remove(force=True)
             n += 1
     return n

@@ -64,7 +64,7 @@ class PgGateway:
             code = p.wait(timeout)
             if code != 0:
                 raise DcbError(f"psql in {self.container} failed: "
-                               f"{_first_error(p.stderr_text) or f'exit {code}'}")
+                               f"{first_error(p.stderr_text) or f'exit {code}'}")
         return out.decode("utf-8", "replace")
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -99,25 +99,40 @@ class PgGateway:
             sizes[name] = int(size)
         return sizes
 
-    def row_counts(self, db: str) -> dict[str, int]:
-        """``schema.table -> rows`` for every table of ``db`` (same query as at dump time)."""
+    def row_counts(self, db: str, snapshot: str | None = None,
+                   lock_wait_timeout: int = 0) -> dict[str, int]:
+        """``schema.table -> rows`` for every table of ``db``; with ``snapshot``, in that
+        exported snapshot (exactly what a concurrent ``pg_dump --snapshot`` sees)."""
+        sql = ""
+        if lock_wait_timeout:
+            sql += f"SET lock_timeout = '{int(lock_wait_timeout)}s';\n"
+        if snapshot:
+            if not all(c.isalnum() or c == "-" for c in snapshot):
+                raise DcbError(f"unexpected snapshot id {snapshot!r}")
+            sql += ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\n"
+                    f"SET TRANSACTION SNAPSHOT '{snapshot}';\n")
+        sql += ROW_COUNTS_SQL + ("\nCOMMIT;\n" if snapshot else "")
         with self.exec(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                         "-U", self.user, "-d", db], stdin=True) as p:
-            p.send(ROW_COUNTS_SQL.encode())
+            p.send(sql.encode())
             p.close_stdin()
             out = p.read_all().decode("utf-8", "replace")
             code = p.wait(600)
             if code != 0:
-                raise DcbError(f"counting rows in {db} failed: {_first_error(p.stderr_text)}")
+                raise DcbError(f"counting rows in {db} failed: {first_error(p.stderr_text)}")
         return parse_row_counts(out)
 
     # -- dumps ----------------------------------------------------------------------------------
     def snapshot_session(self, db: str) -> SnapshotSession:
         return SnapshotSession(self, db)
 
-    def dump(self, db: str, *, fmt: str = "custom", snapshot: str | None = None) -> ExecProcess:
+    def dump(self, db: str, *, fmt: str = "custom", snapshot: str | None = None,
+             lock_wait_timeout: int = 0) -> ExecProcess:
         """Start ``pg_dump``; the caller streams ``stdout()`` and must check ``wait()``."""
         cmd = ["pg_dump", "-U", self.user, "-d", db, "--no-password"]
+        if lock_wait_timeout:
+            # A table held ACCESS EXCLUSIVE fails the dump cleanly instead of hanging.
+            cmd += [f"--lock-wait-timeout={int(lock_wait_timeout)}s"]
         if fmt == "custom":
             # -Z1: zlib inside pg_dump is cheap and cuts the bytes crossing the slow
             # docker exec stream 3-4x (shared/PERFORMANCE.md).
@@ -149,7 +164,7 @@ class PgGateway:
             code = p.wait(300)
             if code != 0:
                 raise DumpError(f"pg_restore rejects the dump: "
-                                f"{_first_error(p.stderr_text) or f'exit {code}'}")
+                                f"{first_error(p.stderr_text) or f'exit {code}'}")
 
 
 class SnapshotSession:
@@ -183,12 +198,8 @@ class SnapshotSession:
             if chunk is None:
                 self.proc.wait(10)
                 raise DumpError(f"psql session on {self.db} ended early: "
-                                f"{_first_error(self.proc.stderr_text)}")
+                                f"{first_error(self.proc.stderr_text)}")
             self._buf += chunk
-
-    def row_counts(self) -> dict[str, int]:
-        self.proc.send(ROW_COUNTS_SQL.encode() + b"\nSELECT 'DCB-END';\n")
-        return parse_row_counts(self._read_until(b"DCB-END").decode("utf-8", "replace"))
 
     def close(self) -> None:
         try:
@@ -218,7 +229,7 @@ def parse_row_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def _first_error(stderr: str) -> str:
+def first_error(stderr: str) -> str:
     for line in stderr.splitlines():
         if "error" in line.lower() or "fatal" in line.lower():
             return line.strip()

@@ -117,7 +117,7 @@ class TestStack:
                     out.append(f"{k} = {lst(v)}")
                 elif isinstance(v, bool):
                     out.append(f"{k} = {'true' if v else 'false'}")
-                elif isinstance(v, int):
+                elif isinstance(v, int | float):
                     out.append(f"{k} = {v}")
                 else:
                     out.append(f'{k} = "{v}"')

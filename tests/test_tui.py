@@ -92,7 +92,7 @@ async def test_stopped_container_turns_red_live(stack: TestStack, tmp_path: Path
             # Typically well under a second; the bound is loose for loaded CI machines.
             await wait_for(pilot, lambda: "exited" in state_of(c.name), timeout=15,
                            what="exited from the event stream")
-            assert "red" in state_of(c.name)
+            assert "red" in state_of(c.name), app.screen.docker_state
     finally:
         c.remove(force=True)
 
