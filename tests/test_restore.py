@@ -217,3 +217,17 @@ def test_unknown_set_and_selection(stack: TestStack, tmp_path: Path):
     r = run_dcb("restore", set_id, "--db", "dart_cloud", "--yes", "--config", str(cfg))
     assert r.code == 2 and "has no database 'dart_cloud'" in r.err
 
+
+
+def test_dump_from_a_newer_server_is_refused_before_anything(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--db", "functions_db")
+    manifest = tmp_path / "backups" / set_id / "manifest.json"
+    m = json.loads(manifest.read_text())
+    for a in m["artifacts"]:
+        if a["kind"] == "database":
+            a["source"]["server_version"] = "99.1 (Debian 99.1-1)"
+    manifest.write_text(json.dumps(m))
+    r = run_dcb("restore", set_id, "--yes", "--config", str(cfg))
+    assert r.code == 1
+    assert "preflight failed" in r.err and "PostgreSQL 99" in r.err
+    assert "nothing was changed" in r.err
