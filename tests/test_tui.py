@@ -207,3 +207,44 @@ async def test_docker_unreachable_shows_error_and_keeps_running(
         assert app.is_running
         await pilot.press("q")
     assert app.return_code == 0
+
+
+async def test_objectives_screen_shows_rpo_per_database_and_volume(stack: TestStack,
+                                                                   tmp_path: Path):
+    cfg = stack.write_config(tmp_path)
+    r = run_dcb("backup", "-q", "--db", "dart_cloud", "--config", str(cfg))
+    assert r.code == 0, r.err
+    assert run_dcb("verify", "--config", str(cfg)).code == 0
+    app = DcbApp(load_config(str(cfg)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.press("o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ObjectivesScreen")
+        table = app.screen.query_one("#rpo")
+        rows = {cell(table, i, 1): cell(table, i, 4) for i in range(table.row_count)}
+        assert "met" in rows["dart_cloud"]  # verified minutes ago, target 24 h
+        assert "missed" in rows["functions_db"]  # never backed up
+        assert "missed" in rows[stack.functions_volume]
+        assert "no drill yet" in str(app.screen.query_one("#rto").render())
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
+
+
+async def test_quit_asks_while_a_backup_runs(stack: TestStack, tmp_path: Path):
+    cfg = stack.write_config(tmp_path)
+    app = DcbApp(load_config(str(cfg)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.press("b")
+        await pilot.click("#start")
+        await wait_for(pilot, lambda: isinstance(app.screen, BackupScreen))
+        screen = app.screen
+        assert isinstance(screen, BackupScreen)
+        assert screen.running  # a full backup of the stack takes seconds
+        await pilot.press("q")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen")
+        assert app.is_running
+        await pilot.press("escape")  # keep going
+        await wait_for(pilot, lambda: not screen.running, timeout=300, what="backup done")
+        await pilot.press("q")
+    assert app.return_code == 0
