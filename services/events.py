@@ -41,6 +41,11 @@ class EngineUp:
 WatchEvent = ContainerChanged | EngineDown | EngineUp
 
 
+# Events that change what the dashboard shows (health checks' exec_* events do not).
+STATE_EVENTS = ("create", "start", "restart", "stop", "die", "kill", "pause", "unpause",
+                "oom", "destroy", "rename", "health_status", "update")
+
+
 def watch_containers(names: Iterable[str], callback: Callable[[WatchEvent], None],
                      stop: threading.Event, connect: Callable[[], DockerGateway] | None = None,
                      max_backoff: float = 30.0) -> None:
@@ -53,11 +58,14 @@ def watch_containers(names: Iterable[str], callback: Callable[[WatchEvent], None
         stream = None
         try:
             gw = connect()
+            # Subscribe first, then resync: an event during the resync waits in the stream
+            # instead of falling into the gap between the two.
+            stream = gw.client.api.events(decode=True, filters={
+                "type": "container", "event": list(STATE_EVENTS)})
             callback(EngineUp())
             backoff = 1.0
-            for n in wanted:  # resync after (re)connecting: events may have been missed
+            for n in wanted:
                 callback(ContainerChanged(n, gw.find_container(n)))
-            stream = gw.client.api.events(decode=True, filters={"type": "container"})
             closer = threading.Thread(target=_close_on_stop, args=(stop, stream), daemon=True)
             closer.start()
             for ev in stream:

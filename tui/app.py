@@ -123,13 +123,17 @@ class DcbApp(App[int]):
         self.push_screen(ObjectivesScreen(self.cfg))
 
     def action_help(self) -> None:
-        rows = []
+        ours: list[tuple[str, str]] = []
+        widgets: list[tuple[str, str]] = []
         seen = set()
         for key, active in self.active_bindings.items():
             b = active.binding
             if b.description and (key, b.description) not in seen:
                 seen.add((key, b.description))
-                rows.append((b.key_display or key, b.description))
+                # dcb's own keys (they carry ids) first; Textual's and widgets' after.
+                mine = b.id is not None
+                (ours if mine else widgets).append((self.get_key_display(b), b.description))
+        rows = ours + widgets
         self.push_screen(HelpScreen(rows))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from services.config import Config
+from services.disk import DiskUsage, disk_usage
 from services.docker_gateway import DockerGateway
 from services.events import WatchEvent, watch_containers
 from services.overview import StoreOverview, store_overview
@@ -26,6 +27,10 @@ class Sources:
 
     def overview(self) -> StoreOverview:
         return store_overview(self.cfg)
+
+    def disk(self) -> DiskUsage:
+        """The backup filesystem alone (local: known even when Docker is not)."""
+        return disk_usage(self.cfg.backup_dir)
 
     def watch(self, names: Iterable[str], callback: Callable[[WatchEvent], None],
               stop: threading.Event) -> None:

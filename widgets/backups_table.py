@@ -10,6 +10,9 @@ from services.overview import SetRow
 STATUS_STYLE = {"complete": "green", "legacy": "cyan", "incomplete": "yellow",
                 "failed": "b red"}
 SORT_KEYS = ("created", "size", "status")
+MAX_ROWS = 500
+"""Rows drawn at once: the table measures every cell it holds, so thousands of sets would
+stall the UI. Filtering and sorting still run over all sets."""
 
 
 class BackupsTable(DataTable[str]):
@@ -43,18 +46,23 @@ class BackupsTable(DataTable[str]):
     def refresh_rows(self) -> None:
         selected = self.selected_id()
         self.clear()
-        for r in self.visible_rows():
+        rows = self.visible_rows()
+        for r in rows[:MAX_ROWS]:
             s = r.set
             style = STATUS_STYLE.get(s.status, "")
             self.add_row(s.id, fmt.age(s.created_at), fmt.size(s.size_bytes),
                          f"[{style}]{s.status}[/]" if style else s.status,
                          r.verified, r.replicated, key=s.id)
-        title = f"Backups ({self.row_count}"
-        title += f" of {len(self.rows_data)} matching {self.filter_text!r})" \
-            if self.filter_text else ")"
-        self.border_title = title
+        if self.filter_text:
+            title = f"Backups ({len(rows)} of {len(self.rows_data)} matching " \
+                    f"{self.filter_text!r}"
+        else:
+            title = f"Backups ({len(rows)}"
+        if len(rows) > MAX_ROWS:
+            title += f"; showing the first {MAX_ROWS}, / filters"
+        self.border_title = title + ")"
         if selected is not None:
-            for i, r in enumerate(self.visible_rows()):
+            for i, r in enumerate(rows[:MAX_ROWS]):
                 if r.set.id == selected:
                     self.move_cursor(row=i)
                     break

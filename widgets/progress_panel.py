@@ -44,9 +44,11 @@ class StageRow(Vertical):
         else:
             # Estimates can be low (compressed vs raw): fall back to an indeterminate bar.
             bar.update(total=None)
+        # A fixed-size label: no relayout of the screen on every byte count.
         self.label.update(
             f"[b]{self.stage}[/]  {fmt.size(p.done_bytes)}"
-            + (f" of ~{fmt.size(total)}" if total else "") + f"  {fmt.rate(p.rate)}")
+            + (f" of ~{fmt.size(total)}" if total else "") + f"  {fmt.rate(p.rate)}",
+            layout=False)
 
     def finish(self, e: StageFinished) -> None:
         self.bar.update(total=100, progress=100)

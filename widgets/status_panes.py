@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.widgets import DataTable, Static
 
 from services import formatting as fmt
+from services.disk import DiskUsage
 from services.docker_gateway import ContainerInfo
 from services.overview import StoreOverview
 from services.status import StackStatus
@@ -25,6 +26,8 @@ class ContainersPane(DataTable[str]):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self.roles: dict[str, str] = {}
+        self._as_of: dict[str, float] = {}
+        """When each row's data was observed (monotonic): older data never overwrites it."""
 
     def on_mount(self) -> None:
         self.border_title = "Containers"
@@ -41,13 +44,14 @@ class ContainersPane(DataTable[str]):
         for name, role in roles.items():
             self.add_row(name, role, "…", "-", "-", "-", key=name)
 
-    def show(self, st: StackStatus) -> None:
+    def show(self, st: StackStatus, as_of: float) -> None:
         for c in st.containers:
-            self.update_container(c.name, c.info)
+            self.update_container(c.name, c.info, as_of)
 
-    def update_container(self, name: str, info: ContainerInfo | None) -> None:
-        if name not in self.roles:
+    def update_container(self, name: str, info: ContainerInfo | None, as_of: float) -> None:
+        if name not in self.roles or as_of < self._as_of.get(name, float("-inf")):
             return
+        self._as_of[name] = as_of
         now = fmt.now()
         values = {
             "state": state_markup(info),
@@ -56,11 +60,11 @@ class ContainersPane(DataTable[str]):
             "uptime": fmt.uptime(info.uptime_seconds(now)) if info else "-",
         }
         for col, value in values.items():
-            self.update_cell(name, col, value)
+            self.update_cell(name, col, value, update_width=True)
 
     def mark_unknown(self) -> None:
         for name in self.roles:
-            self.update_cell(name, "state", "[dim]unknown[/]")
+            self.update_cell(name, "state", "[dim]unknown[/]", update_width=True)
 
 
 class DiskPane(Static):
@@ -70,20 +74,19 @@ class DiskPane(Static):
         self.border_title = "Disk"
 
     def show(self, st: StackStatus | None, ov: StoreOverview | None,
-             warn_percent: int) -> None:
+             warn_percent: int, disk: DiskUsage | None = None) -> None:
         lines = []
-        if st is not None:
-            d = st.disk
+        d = st.disk if st is not None else disk
+        if d is not None:
             used_frac = d.used_bytes / d.total_bytes if d.total_bytes else 0
-            width = 24
+            width = 20
             filled = round(used_frac * width)
             low = d.free_percent < warn_percent
             colour = "red" if low else "green"
             bar = f"[{colour}]{'█' * filled}[/]{'░' * (width - filled)}"
-            warn = "  [b red]LOW SPACE[/]" if low else ""
-            lines.append(f"{bar} {fmt.size(d.free_bytes)} free of {fmt.size(d.total_bytes)}"
-                         f" ({d.free_percent:.0f}%){warn}")
-            lines.append(f"[dim]{st.backup_dir}[/]")
+            warn = " [b red]LOW[/]" if low else ""
+            lines.append(f"{bar} {d.free_percent:.0f}% free{warn}")
+            lines.append(f"{fmt.size(d.free_bytes)} free of {fmt.size(d.total_bytes)}")
         if ov is not None:
             kinds = ", ".join(f"{k} {fmt.size(v)}" for k, v in sorted(ov.bytes_by_kind.items()))
             lines.append(f"backups: {kinds or 'none yet'}")
@@ -104,8 +107,8 @@ class StatusLine(Static):
         if ov is None or ov.last_good is None or (
                 fmt.now() - ov.last_good).total_seconds() > 36 * 3600:
             colour = "yellow"
-        text = (f"last good backup: [{colour}]{age}[/]  │  schedule: none configured  │  "
-                f"docker: {docker_state}")
+        text = (f"docker: {docker_state}  │  last good backup: [{colour}]{age}[/]  │  "
+                "no schedule")
         if problems:
             text += "\n" + "\n".join(f"[b red]⚠ {p}[/]" for p in problems)
         self.update(text)

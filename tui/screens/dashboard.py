@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from typing import TYPE_CHECKING, cast
 
 from textual import on, work
@@ -14,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
 
 from services.config import Config
+from services.disk import DiskUsage
 from services.errors import DcbError
 from services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
 from services.overview import StoreOverview
@@ -31,8 +34,12 @@ POLL_SECONDS = 10.0
 
 class Polled(Message):
     def __init__(self, status: StackStatus | None, overview: StoreOverview | None,
-                 error: DcbError | None) -> None:
+                 error: DcbError | None, started: float = 0.0,
+                 disk: DiskUsage | None = None) -> None:
         super().__init__()
+        self.disk = disk
+        self.started = started
+        """monotonic time the poll began: what it saw may be older than a later event."""
         self.status = status
         self.overview = overview
         self.error = error
@@ -40,13 +47,14 @@ class Polled(Message):
 
 class DashboardScreen(Screen[None]):
     BINDINGS = [
-        Binding("b", "app.backup", "Back up", id="backup"),
+        Binding("b", "app.backup", "Backup", id="backup"),
         Binding("r", "restore", "Restore", id="restore"),
         Binding("v", "verify(False)", "Verify", id="verify"),
         Binding("V", "verify(True)", "Deep verify", show=False, id="verify-deep"),
         Binding("p", "app.prune", "Prune", id="prune"),
-        Binding("d", "app.du", "Disk usage", id="du"),
-        Binding("o", "app.objectives", "RPO/RTO", id="objectives"),
+        Binding("d", "app.du", "Disk usage", show=False, id="du"),
+        Binding("o", "app.objectives", "Recovery objectives (RPO/RTO)", show=False,
+                id="objectives"),
         Binding("enter", "details", "Details", show=False, id="details"),
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("s", "sort", "Sort", show=False, id="sort"),
@@ -61,6 +69,7 @@ class DashboardScreen(Screen[None]):
         self.status: StackStatus | None = None
         self.overview: StoreOverview | None = None
         self.docker_state = "connecting…"
+        self.disk: DiskUsage | None = None
         self._stop_watch = threading.Event()
 
     def compose(self) -> ComposeResult:
@@ -99,26 +108,34 @@ class DashboardScreen(Screen[None]):
     def poll(self) -> None:
         status = overview = None
         error: DcbError | None = None
+        started = time.monotonic()
         try:
             overview = self.sources.overview()
         except (DcbError, OSError) as e:
             error = e if isinstance(e, DcbError) else DcbError(str(e))
+        disk = None
         try:
             status = self.sources.status()
         except DcbError as e:
             error = e
-        self.post_message(Polled(status, overview, error))
+            with contextlib.suppress(OSError):
+                disk = self.sources.disk()
+        self.post_message(Polled(status, overview, error, started, disk))
 
     @on(Polled)
     def _polled(self, msg: Polled) -> None:
         if msg.overview is not None:
+            changed = self.overview is None or self.overview.rows != msg.overview.rows
             self.overview = msg.overview
-            self.query_one(BackupsTable).set_rows(list(msg.overview.rows))
+            if changed:  # rebuilding a big table every poll would stall the UI
+                self.query_one(BackupsTable).set_rows(list(msg.overview.rows))
         if msg.status is not None:
             self.status = msg.status
-            self.query_one(ContainersPane).show(msg.status)
+            self.query_one(ContainersPane).show(msg.status, as_of=msg.started)
         elif msg.error is not None:
-            self.docker_state = f"[b red]{msg.error.message}[/]"
+            self.disk = msg.disk
+            hint = f" ({msg.error.hint})" if msg.error.hint else ""
+            self.docker_state = f"[b red]{msg.error.message}[/]{hint}"
             self.query_one(ContainersPane).mark_unknown()
         self._render_status()
         # Polls never overlap: the next one is armed when this one has landed.
@@ -134,7 +151,7 @@ class DashboardScreen(Screen[None]):
     def _container_event(self, msg: ContainerEvent) -> None:
         e = msg.event
         if isinstance(e, ContainerChanged):
-            self.query_one(ContainersPane).update_container(e.name, e.info)
+            self.query_one(ContainersPane).update_container(e.name, e.info, time.monotonic())
         elif isinstance(e, EngineUp):
             self.docker_state = "[green]connected[/]"
         elif isinstance(e, EngineDown):
@@ -145,8 +162,9 @@ class DashboardScreen(Screen[None]):
     def _render_status(self) -> None:
         problems = self.status.problems if self.status is not None else ()
         self.query_one(StatusLine).show(self.overview, self.docker_state, problems)
+        # The disk is local: shown even while Docker is unreachable.
         self.query_one(DiskPane).show(self.status, self.overview,
-                                      self.cfg.storage.min_free_percent)
+                                      self.cfg.storage.min_free_percent, self.disk)
 
     # -- actions --------------------------------------------------------------------------
     def action_refresh(self) -> None:

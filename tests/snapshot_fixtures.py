@@ -1,0 +1,338 @@
+"""Fixed data for the console's snapshot tests and the TUI benchmark: no Docker, no clock.
+
+``FixedSources`` replaces the dashboard's real sources (Docker, the store on disk) with a fixed
+``StackStatus`` and ``StoreOverview``; its ``watch`` reports the engine once and then just waits
+for the stop event. The builders make three containers (one exited), eight backup sets of every
+status with verified marks, and a backup disk 72 % full. Everything is relative to ``FIXED_NOW``,
+which the tests pin as the display clock (``services.formatting.pin_now``).
+
+Paths shown on screen are fixed too (``SNAPSHOT_ROOT``, ``DU_ROOT``): pytest's ``tmp_path``
+differs on every run, and a snapshot must not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from services.config import Config, load_config
+from services.disk import DiskUsage
+from services.docker_gateway import ContainerInfo, Mount
+from services.errors import DockerUnavailable
+from services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from services.overview import SetRow, StoreOverview
+from services.status import BackupSummary, ContainerStatus, StackStatus, VolumeStatus
+from services.store import MANIFEST, MANIFEST_VERSION, Artifact, BackupSet
+from tui.sources import Sources
+
+FIXED_NOW = datetime(2026, 11, 26, 14, 30, 0, tzinfo=UTC)
+"""The display clock in every snapshot."""
+
+SNAPSHOT_ROOT = Path("/tmp/dcb-snapshot")
+BACKUP_DIR = SNAPSHOT_ROOT / "backups"
+DU_ROOT = Path("/tmp/dcb-snapshot-du")
+
+POSTGRES = "dart-cloud-postgres"
+BACKEND = "dart-cloud-backend"
+WORKER = "dart-cloud-worker"
+
+GiB = 1024**3
+MiB = 1024**2
+KiB = 1024
+
+DOCKER_DOWN_MESSAGE = "Docker engine unreachable at unix:///var/run/docker.sock: Connection refused"
+DOCKER_DOWN_HINT = "is dockerd running, and may this user use its socket? (check DOCKER_HOST)"
+
+ROW_COUNTS = {
+    "dart_cloud": {"public.users": 12_840, "public.invoices": 481_230,
+                   "public.functions": 342, "public.api_keys": 1_907},
+    "functions_db": {"public.deployments": 9_120, "public.logs": 1_204_311},
+}
+
+
+# -- configuration ----------------------------------------------------------------------------
+def config_toml(backup_dir: Path) -> str:
+    return f"""\
+[stack]
+postgres_container = "{POSTGRES}"
+app_containers = ["{BACKEND}", "{WORKER}"]
+stop_during_backup = ["{BACKEND}"]
+
+[storage]
+backup_dir = "{backup_dir}"
+"""
+
+
+def write_config(directory: Path, backup_dir: Path = BACKUP_DIR) -> Config:
+    """A dcb.toml in ``directory`` (its path is never shown) and the loaded configuration.
+
+    The environment is ignored, so a ``DCB_*`` variable of the person running the tests cannot
+    change a snapshot.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "dcb.toml"
+    path.write_text(config_toml(backup_dir))
+    return load_config(str(path), environ={})
+
+
+# -- backup sets ------------------------------------------------------------------------------
+def _sha(set_id: str, file: str) -> str:
+    return hashlib.sha256(f"{set_id}/{file}".encode()).hexdigest()
+
+
+def _full_artifacts(set_id: str, scale: float = 1.0) -> tuple[Artifact, ...]:
+    def art(kind: str, name: str, file: str, size: int, seconds: float,
+            **source: object) -> Artifact:
+        return Artifact(kind=kind, name=name, file=file, size_bytes=int(size * scale),
+                        sha256=_sha(set_id, file), compression="zstd" if file.endswith(".zst")
+                        else "none", source={"seconds": seconds, **source})
+
+    return (
+        art("globals", "globals", "globals.sql.zst", 2 * KiB + 310, 0.2),
+        art("database", "dart_cloud", "db-dart_cloud.pgdump", 412 * MiB, 6.4,
+            format="custom", row_counts=ROW_COUNTS["dart_cloud"], server_version="15.8"),
+        art("database", "functions_db", "db-functions_db.pgdump", 38 * MiB, 1.1,
+            format="custom", row_counts=ROW_COUNTS["functions_db"], server_version="15.8"),
+        art("volume", "functions_data", "volume-functions_data.tar.zst", 96 * MiB, 2.3,
+            raw_bytes=210 * MiB, method="mountpoint"),
+        art("volume", "postgres_data", "volume-postgres_data.tar.zst", int(1.3 * GiB), 14.8,
+            raw_bytes=int(1.6 * GiB), method="pg_basebackup"),
+    )
+
+
+def make_sets(root: Path = BACKUP_DIR) -> list[BackupSet]:
+    """Eight sets, newest first: complete, failed, incomplete and legacy; fixed ids and times."""
+
+    def at(hours_ago: float) -> datetime:
+        return FIXED_NOW - timedelta(hours=hours_ago)
+
+    def sid(when: datetime) -> str:
+        return when.strftime("%Y%m%dT%H%M%SZ")
+
+    sets: list[BackupSet] = []
+
+    def complete(hours_ago: float, scale: float = 1.0, took: float = 24.6) -> None:
+        when = at(hours_ago)
+        i = sid(when)
+        sets.append(BackupSet(id=i, path=root / i, status="complete", created_at=when,
+                              artifacts=_full_artifacts(i, scale), host="backend-01",
+                              dcb_version="0.1.0", duration_seconds=took))
+
+    complete(2.5)                                                   # 12:00 today
+    complete(12.5, 0.99, 23.9)                                      # 02:00 today
+    when = at(24.5)
+    sets.append(BackupSet(id=sid(when), path=root / sid(when), status="failed",
+                          created_at=when, host="backend-01", dcb_version="0.1.0",
+                          duration_seconds=3.2,
+                          error="pg_dump of dart_cloud exited 1: connection to server lost"))
+    complete(36.5, 0.98, 25.1)                                      # yesterday 02:00
+    when = at(53.0)
+    sets.append(BackupSet(id=sid(when), path=root / sid(when), status="incomplete",
+                          created_at=when, error="no manifest (interrupted run)"))
+    complete(60.5, 0.97, 22.0)
+    complete(84.5, 0.95, 21.7)
+    legacy_at = datetime(2026, 11, 1, 2, 0, 0, tzinfo=UTC)
+    sets.append(BackupSet(
+        id="legacy-20261101_020000", path=root, status="legacy", created_at=legacy_at,
+        artifacts=(
+            Artifact("database", "dart_cloud", "dart_cloud_20261101_020000.sql.gz",
+                     188 * MiB, None, "gzip", {"format": "plain", "legacy": True}),
+            Artifact("database", "functions_db", "functions_db_20261101_020000.sql.gz",
+                     17 * MiB, None, "gzip", {"format": "plain", "legacy": True}),
+            Artifact("volume", "functions_data",
+                     "volumes/functions_volume_20261101_020000.tar.gz",
+                     91 * MiB, None, "gzip", {"format": "tar", "legacy": True}),
+        )))
+    sets.sort(key=lambda s: (s.created_at, s.id), reverse=True)
+    return sets
+
+
+VERIFIED = ["ok", "ok (deep)", "-", "FAILED", "-", "-", "ok", "-"]
+"""The verified mark of each set of ``make_sets``, newest first."""
+
+
+def make_overview(sets: list[BackupSet] | None = None) -> StoreOverview:
+    sets = make_sets() if sets is None else sets
+    rows = []
+    by_kind: dict[str, int] = {}
+    for i, s in enumerate(sets):
+        rows.append(SetRow(s, VERIFIED[i % len(VERIFIED)]))
+        for a in s.artifacts:
+            key = {"database": "databases", "globals": "databases"}.get(a.kind, "volumes")
+            by_kind[key] = by_kind.get(key, 0) + a.size_bytes
+    good = [s.created_at for s in sets if s.status in ("complete", "legacy")]
+    failed = next((s for s in sets if s.status == "failed"), None)
+    return StoreOverview(
+        rows=tuple(rows), bytes_by_kind=by_kind, last_good=max(good) if good else None,
+        last_failure={"kind": "backup", "status": "failed", "id": failed.id,
+                      "error": failed.error} if failed else None,
+        last_drill=None)
+
+
+def many_sets(n: int) -> list[SetRow]:
+    """``n`` complete sets an hour apart (for the benchmark), newest first."""
+    rows = []
+    for k in range(n):
+        when = FIXED_NOW - timedelta(hours=k + 1)
+        i = when.strftime("%Y%m%dT%H%M%SZ")
+        rows.append(SetRow(BackupSet(id=i, path=BACKUP_DIR / i, status="complete",
+                                     created_at=when, artifacts=_full_artifacts(i)),
+                           VERIFIED[k % len(VERIFIED)]))
+    return rows
+
+
+# -- the stack --------------------------------------------------------------------------------
+def make_status(backup_dir: Path = BACKUP_DIR, sets: list[BackupSet] | None = None) -> StackStatus:
+    """Three containers (PostgreSQL healthy, the backend up, the worker exited), two volumes,
+    the backup disk 72 % used."""
+    sets = make_sets() if sets is None else sets
+
+    def info(name: str, state: str, health: str | None, image: str, up_hours: float,
+             mounts: tuple[Mount, ...]) -> ContainerInfo:
+        return ContainerInfo(name=name, id=hashlib.sha256(name.encode()).hexdigest(),
+                             state=state, health=health, image=image,
+                             started_at=FIXED_NOW - timedelta(hours=up_hours), mounts=mounts)
+
+    pg_mount = Mount("postgres_data", "/var/lib/docker/volumes/postgres_data/_data",
+                     "/var/lib/postgresql/data", False)
+    fn_mount = Mount("functions_data", "/var/lib/docker/volumes/functions_data/_data",
+                     "/app/functions", False)
+    containers = (
+        ContainerStatus(POSTGRES, "postgres",
+                        info(POSTGRES, "running", "healthy", "postgres:15-alpine", 77.0,
+                             (pg_mount,))),
+        ContainerStatus(BACKEND, "app",
+                        info(BACKEND, "running", None, "dart-cloud-backend:1.8.2", 5.2,
+                             (fn_mount,))),
+        ContainerStatus(WORKER, "app",
+                        info(WORKER, "exited", None, "dart-cloud-worker:1.8.2", 30.0,
+                             (fn_mount,))),
+    )
+    total = 500 * GiB
+    used = total * 72 // 100
+    good = [s for s in sets if s.status in ("complete", "legacy")]
+    newest = max(good, key=lambda s: s.created_at) if good else None
+    return StackStatus(
+        collected_at=FIXED_NOW,
+        containers=containers,
+        volumes=(VolumeStatus("postgres_data", True, int(1.6 * GiB), (POSTGRES,)),
+                 VolumeStatus("functions_data", True, 210 * MiB, (BACKEND, WORKER))),
+        disk=DiskUsage(path=str(backup_dir), total_bytes=total, used_bytes=used,
+                       free_bytes=total - used),
+        backup_dir=str(backup_dir),
+        backups=BackupSummary(count=len(good), newest_id=newest.id if newest else None,
+                              newest_created_at=newest.created_at if newest else None),
+    )
+
+
+class FixedSources(Sources):
+    """The dashboard's data without Docker: a fixed status and overview.
+
+    ``docker_down``: ``status()`` raises ``DockerUnavailable`` and ``watch`` reports the engine
+    down. The watcher's report always lands before the poll's (``status()`` waits for it), so
+    the final screen never depends on which thread ran first.
+    """
+
+    def __init__(self, cfg: Config, status: StackStatus | None = None,
+                 overview: StoreOverview | None = None, docker_down: bool = False,
+                 status_delay: float = 0.0) -> None:
+        super().__init__(cfg)
+        self.fixed_status = status if status is not None else make_status(cfg.backup_dir)
+        self.fixed_overview = overview if overview is not None else make_overview()
+        self.docker_down = docker_down
+        self.status_delay = status_delay
+        """Seconds ``status()`` takes (to imitate a real engine in the benchmark)."""
+        self.watch_reported = threading.Event()
+        self.polls = 0
+
+    def status(self) -> StackStatus:
+        # The watcher reports first (bounded: a screen torn down early must not hang here).
+        self.watch_reported.wait(5)
+        self.polls += 1
+        if self.status_delay:
+            threading.Event().wait(self.status_delay)
+        if self.docker_down:
+            raise DockerUnavailable(DOCKER_DOWN_MESSAGE, hint=DOCKER_DOWN_HINT)
+        return self.fixed_status
+
+    def overview(self) -> StoreOverview:
+        return self.fixed_overview
+
+    def disk(self) -> DiskUsage:
+        return self.fixed_status.disk
+
+    def watch(self, names: Iterable[str], callback: Callable[[WatchEvent], None],
+              stop: threading.Event) -> None:
+        if self.docker_down:
+            callback(EngineDown(DOCKER_DOWN_MESSAGE, 8.0))
+        else:
+            callback(EngineUp())
+            by_name = {c.name: c.info for c in self.fixed_status.containers}
+            for n in names:
+                callback(ContainerChanged(n, by_name.get(n)))
+        self.watch_reported.set()
+        stop.wait()
+
+
+# -- trees on disk ----------------------------------------------------------------------------
+def write_store(sets: list[BackupSet], root: Path = BACKUP_DIR) -> Path:
+    """Write ``sets`` as a real store under ``root`` (recreated): a hand-written manifest per
+    complete or failed set, small placeholder artifact files, a set directory without a
+    manifest for an incomplete set. Legacy sets are left out (their sizes come from the files).
+
+    The manifests keep the sets' nominal sizes; the files are placeholders, so this store is
+    for screens that read sets (the restore wizard's scope step), not for verifying them.
+    """
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, mode=0o700)
+    for s in sets:
+        if s.status == "legacy":
+            continue
+        d = root / s.id
+        d.mkdir(mode=0o700)
+        if s.status == "incomplete":
+            (d / "db-dart_cloud.pgdump").write_bytes(b"PGDMP partial")
+            continue
+        for a in s.artifacts:
+            (d / a.file).write_bytes(f"placeholder for {a.kind} {a.name}\n".encode())
+        manifest = {**s.to_json(), "manifest_version": MANIFEST_VERSION}
+        (d / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return root
+
+
+DU_TREE: list[tuple[str, int]] = [
+    ("20261126T120000Z/db-dart_cloud.pgdump", 300_000),
+    ("20261126T120000Z/db-functions_db.pgdump", 41_000),
+    ("20261126T120000Z/volume-functions_data.tar.zst", 120_000),
+    ("20261126T120000Z/globals.sql.zst", 2_300),
+    ("20261126T120000Z/manifest.json", 1_500),
+    ("20261126T020000Z/db-dart_cloud.pgdump", 296_000),
+    ("20261126T020000Z/volume-functions_data.tar.zst", 118_000),
+    ("20261126T020000Z/manifest.json", 1_480),
+    ("20261124T093000Z/db-dart_cloud.pgdump", 40_000),
+    ("restores/20261120T101500Z-r1.json", 900),
+    ("dart_cloud_20261101_020000.sql.gz", 150_000),
+    ("volumes/functions_volume_20261101_020000.tar.gz", 60_000),
+    ("history.jsonl", 4_000),
+    (".lock", 0),
+]
+"""The disk-usage browser's tree: (path, size); file contents are not sparse."""
+
+
+def write_du_tree(root: Path = DU_ROOT) -> Path:
+    """Recreate the fixed tree at ``root`` (a fixed path: it is shown in the header)."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for rel, size in DU_TREE:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * size)
+    (root / "empty-set-dir").mkdir()
+    return root

@@ -1,0 +1,199 @@
+"""What the console looks like: SVG snapshots at 80x24 and 160x48 (pytest-textual-snapshot).
+
+Deterministic: fixed data without Docker (``tests.snapshot_fixtures.FixedSources``), the
+display clock pinned to ``FIXED_NOW``, fixed paths on screen, no cursor blink, no animations.
+Each test drives the app to the screen it shows and waits for that screen's data (never a
+fixed sleep). ``pytest tests/test_snapshots.py --snapshot-update`` rewrites the SVGs under
+``tests/__snapshots__/`` after a deliberate change; look at them before committing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.screen import Screen
+from textual.widgets import Checkbox, Input
+
+import tui.screens.du as du_screen
+from services import formatting as fmt
+from services.config import Config
+from services.du import ScanProgress
+from tests.snapshot_fixtures import (
+    DU_ROOT,
+    FIXED_NOW,
+    FixedSources,
+    make_sets,
+    write_config,
+    write_du_tree,
+    write_store,
+)
+from tui.app import DcbApp
+from tui.screens.common import HelpScreen
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.du import DuScreen
+from tui.screens.restore import RestoreWizard
+from tui.screens.tasks import BackupScopeScreen, SetDetailScreen
+from widgets.backups_table import BackupsTable
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
+RunBefore = Callable[[Pilot[Any]], Awaitable[None]]
+SnapCompare = Callable[..., bool]
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock() -> Any:
+    fmt.pin_now(FIXED_NOW)
+    yield
+    fmt.pin_now(None)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    """A configuration whose backup dir holds the fixed sets on disk (the restore wizard reads
+    its set from there)."""
+    write_store(make_sets())
+    return write_config(tmp_path)
+
+
+def app_for(cfg: Config, docker_down: bool = False) -> DcbApp:
+    return DcbApp(cfg, FixedSources(cfg, docker_down=docker_down))
+
+
+async def until(pilot: Pilot[Any], predicate: Callable[[], bool], what: str,
+                timeout: float = 15.0) -> None:
+    waited = 0.0
+    while not predicate():
+        await pilot.pause(0.02)
+        waited += 0.02
+        if waited > timeout:
+            raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def steady(pilot: Pilot[Any]) -> None:
+    """No animations, no blinking cursor in any screen on the stack (harlequin's
+    ``no_cursor_blink``)."""
+    app = pilot.app
+    app.animation_level = "none"
+    for screen in app.screen_stack:
+        for box in screen.query(Input):
+            box.cursor_blink = False
+
+
+async def dashboard_ready(pilot: Pilot[Any], docker_down: bool = False) -> DashboardScreen:
+    app = pilot.app
+
+    def ready() -> bool:
+        s = app.screen
+        if not isinstance(s, DashboardScreen) or s.overview is None:
+            return False
+        if s.query_one(BackupsTable).row_count != len(s.overview.rows):
+            return False
+        if docker_down:
+            return "Docker engine unreachable" in s.docker_state
+        return s.status is not None and "connected" in s.docker_state
+
+    await until(pilot, ready, "dashboard painted with its data")
+    steady(pilot)
+    screen = app.screen
+    assert isinstance(screen, DashboardScreen)
+    return screen
+
+
+def open_screen(key: str, kind: type[Screen[Any]],
+                ready: Callable[[Any], bool] = lambda s: True,
+                before: tuple[str, ...] = ()) -> RunBefore:
+    """From the loaded dashboard press ``before`` then ``key``; wait for a ``kind`` screen."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await dashboard_ready(pilot)
+        if before:
+            await pilot.press(*before)
+        await pilot.press(key)
+        await until(pilot, lambda: isinstance(pilot.app.screen, kind)
+                    and ready(pilot.app.screen), f"{kind.__name__} shown")
+        steady(pilot)
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """Three containers (one exited), eight sets of every status, disk 72 % used."""
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=dashboard_ready)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_docker_unreachable(snap_compare: SnapCompare, cfg: Config,
+                                      size: tuple[int, int]) -> None:
+    """The engine is down: containers unknown, the status line says why; backups still shown."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await dashboard_ready(pilot, docker_down=True)
+
+    assert snap_compare(app_for(cfg, docker_down=True), terminal_size=size,
+                        run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_backup_scope_dialog(snap_compare: SnapCompare, cfg: Config,
+                             size: tuple[int, int]) -> None:
+    assert snap_compare(app_for(cfg), terminal_size=size,
+                        run_before=open_screen("b", BackupScopeScreen))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_set_detail(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """The newest complete set: artifacts with checksums, row counts at dump time."""
+    assert snap_compare(app_for(cfg), terminal_size=size,
+                        run_before=open_screen("enter", SetDetailScreen))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_set_detail_failed(snap_compare: SnapCompare, cfg: Config,
+                           size: tuple[int, int]) -> None:
+    """The failed set (third row): no artifacts, the error in the header line."""
+    assert snap_compare(app_for(cfg), terminal_size=size,
+                        run_before=open_screen("enter", SetDetailScreen,
+                                               before=("down", "down")))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_restore_wizard_scope(snap_compare: SnapCompare, cfg: Config,
+                              size: tuple[int, int]) -> None:
+    """Step 1 of the restore wizard on the newest set, read from the store on disk.
+
+    The later steps need Docker (preflight, blast radius), so they are not snapshotted.
+    """
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=open_screen(
+        "r", RestoreWizard, ready=lambda s: len(s.query(Checkbox)) == 4))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_help(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    assert snap_compare(app_for(cfg), terminal_size=size,
+                        run_before=open_screen("question_mark", HelpScreen))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_du_browser(snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    size: tuple[int, int]) -> None:
+    """``d`` on the dashboard: the backup dir (a fixed small tree) by size, largest first."""
+    root = write_du_tree(DU_ROOT)
+    du_cfg = write_config(tmp_path, backup_dir=root)
+    real_scan = du_screen.scan
+
+    def scan_with_fixed_elapsed(path: Any, on_progress: Any = None, **kw: Any) -> Any:
+        # "scanned in 0.0s" must not become "0.1s" on a slow run.
+        def progress(p: ScanProgress) -> None:
+            on_progress(dataclasses.replace(p, elapsed=0.0))
+
+        return real_scan(path, on_progress=progress if on_progress else None, **kw)
+
+    monkeypatch.setattr(du_screen, "scan", scan_with_fixed_elapsed)
+    assert snap_compare(app_for(du_cfg), terminal_size=size, run_before=open_screen(
+        "d", DuScreen, ready=lambda s: not s.scanning))
