@@ -39,11 +39,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.dcb-installed
-sum=$(sha256sum pyproject.toml | cut -d' ' -f1)
+sum=$(cat pyproject.toml deploy/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ] || ! .venv/bin/python -c 'import cli.main' 2>/dev/null; then
     log "installing dcb and its dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[dev]'
+    .venv/bin/pip install -q -c deploy/constraints.txt -e '.[dev]'
     echo "$sum" > "$stamp"
 fi
 
