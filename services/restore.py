@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -446,21 +447,47 @@ class RestoreFlow:
                 with step("stop-postgres"):
                     self._stop(self.target.postgres_container)
                     pg_stopped = True
-            for a in plan.volumes:
+            pg_vols = [a for a in plan.volumes if a.name == self.target.postgres_data_volume]
+            other_vols = [a for a in plan.volumes if a not in pg_vols]
+            for a in pg_vols:
                 with step(f"volume:{a.name}") as rec:
                     rec.detail = self._restore_volume(plan, a)
-            with step("postgres"):
-                if pg_stopped or not self._pg_running():
-                    self.gw.client.containers.get(self.target.postgres_container).start()
-                    self.ledger.clear([self.target.postgres_container])
-                    pg_stopped = False
-                self.pg.wait_ready(timeout=120)
-            if plan.globals is not None:
-                with step("roles"):
-                    self._restore_globals(plan.set, plan.globals)
-            for a in plan.databases:
-                with step(f"database:{a.name}") as rec:
-                    rec.detail = self._restore_database(plan.set, a, plan.target_db or a.name)
+
+            def restore_other_volumes() -> None:
+                for a in other_vols:
+                    with step(f"volume:{a.name}") as rec:
+                        rec.detail = self._restore_volume(plan, a)
+
+            # The app's volumes and the databases do not depend on each other: restoring
+            # them at once uses both cores (file creation in the kernel vs. PostgreSQL).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcb-restore") as pool:
+                volumes_done = pool.submit(restore_other_volumes) if other_vols else None
+                db_error: BaseException | None = None
+                try:
+                    with step("postgres"):
+                        if pg_stopped or not self._pg_running():
+                            self.gw.client.containers.get(
+                                self.target.postgres_container).start()
+                            self.ledger.clear([self.target.postgres_container])
+                            pg_stopped = False
+                        self.pg.wait_ready(timeout=120)
+                    if plan.globals is not None:
+                        with step("roles"):
+                            self._restore_globals(plan.set, plan.globals)
+                    for a in plan.databases:
+                        with step(f"database:{a.name}") as rec:
+                            rec.detail = self._restore_database(plan.set, a,
+                                                                plan.target_db or a.name)
+                except BaseException as e:
+                    db_error = e
+                if volumes_done is not None:
+                    try:
+                        volumes_done.result()
+                    except BaseException:
+                        if db_error is None:
+                            raise
+                if db_error is not None:
+                    raise db_error
             if stopped:
                 with step("restart"):
                     self._restart(stopped)
