@@ -32,7 +32,8 @@ class ProgressPrinter:
         self._last_plain = 0.0
 
     def __call__(self, e: Event) -> None:
-        if self.quiet and not isinstance(e, StageFailed | LogLine):
+        if self.quiet and not (isinstance(e, StageFailed)
+                               or (isinstance(e, LogLine) and e.level != "info")):
             return
         if isinstance(e, StageStarted):
             self.active[e.stage] = None

@@ -86,6 +86,13 @@ class _Plan:
     sizes: dict[str, int] = field(default_factory=dict)
 
 
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0].split()[0])
+    except (ValueError, IndexError):
+        return 0
+
+
 def restart_stopped(gw: DockerGateway, ledger: StoppedLedger, report: Reporter) -> None:
     """Start what a killed earlier run left stopped (see services/stopped.py)."""
     for name, by in ledger.pending().items():
@@ -453,11 +460,17 @@ class BackupRun:
         is_pg_data = volume == self.cfg.stack.postgres_data_volume
         stopped: list[str] = []
         source: dict[str, Any] = {}
+        write_compression = st.compression
         try:
             if is_pg_data:
                 # Never a raw copy of a live data directory: an online physical backup.
-                proc: TarSource = pg.basebackup()
+                in_container = st.compression == "zstd" and _major(plan.server_version) >= 15
+                proc: TarSource = pg.basebackup(
+                    zstd_level=st.compression_level if in_container else None)
+                if in_container:
+                    write_compression = "none"  # the stream arrives compressed already
                 source["method"] = "pg_basebackup"
+                source["compressed_by"] = "pg_basebackup" if in_container else "dcb"
             else:
                 stopped = self._stop_users(gw, volume)
                 helper_image = st.helper_image or gw.container(
@@ -466,7 +479,8 @@ class BackupRun:
                                        store_tag(self.root))
                 source["method"] = "host tar" if isinstance(proc, LocalTar) else "helper"
             source["stopped_containers"] = stopped
-            with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:
+            with ArtifactWriter(set_dir / fname, write_compression,
+                                st.compression_level) as w:
                 try:
                     self._pump(proc, w, meter)
                     code = proc.wait(120)
@@ -484,8 +498,10 @@ class BackupRun:
             if stopped:
                 self._clear_stopped(stopped)
         self.report(StageFinished(stage, written.size_bytes, meter.seconds))
-        source.update({"raw_bytes": written.raw_bytes, "seconds": round(meter.seconds, 3),
-                       "format": "tar"})
+        raw = written.raw_bytes
+        if write_compression != st.compression:  # compressed before it reached us
+            raw = plan.sizes.get(stage) or written.size_bytes * 4
+        source.update({"raw_bytes": raw, "seconds": round(meter.seconds, 3), "format": "tar"})
         return Artifact(kind="volume", name=volume, file=fname, size_bytes=written.size_bytes,
                         sha256=written.sha256, compression=st.compression, source=source)
 

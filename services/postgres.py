@@ -146,10 +146,18 @@ class PgGateway:
     def dump_globals(self) -> ExecProcess:
         return self.exec(["pg_dumpall", "-U", self.user, "--globals-only", "--no-password"])
 
-    def basebackup(self) -> ExecProcess:
-        """An online physical backup of the whole cluster as one tar stream (WAL included)."""
-        return self.exec(["pg_basebackup", "-U", self.user, "-D", "-", "-F", "tar", "-X", "fetch",
-                          "--checkpoint=fast", "--no-password"])
+    def basebackup(self, zstd_level: int | None = None) -> ExecProcess:
+        """An online physical backup of the whole cluster as one tar stream (WAL included).
+
+        With ``zstd_level`` (PostgreSQL 15+), pg_basebackup compresses inside the container:
+        a tenth of the bytes cross the slow ``docker exec`` stream (5.2 s -> 2.1 s for the
+        benchmark's data volume, bench/README.md).
+        """
+        cmd = ["pg_basebackup", "-U", self.user, "-D", "-", "-F", "tar", "-X", "fetch",
+               "--checkpoint=fast", "--no-password"]
+        if zstd_level is not None:
+            cmd.append(f"--compress=client-zstd:level={zstd_level},workers=2")
+        return self.exec(cmd)
 
     def check_custom_dump(self, chunks: Iterator[bytes]) -> None:
         """Feed a custom-format dump to ``pg_restore -f /dev/null`` in the container.

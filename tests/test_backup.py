@@ -152,6 +152,7 @@ def test_backend_is_running_after_backup(stack: TestStack, full_set: MadeSet):
 def test_postgres_volume_is_an_online_physical_backup(stack: TestStack, full_set: MadeSet):
     a = full_set.artifact("volume", stack.postgres_volume)
     assert a["source"]["method"] == "pg_basebackup"
+    assert a["source"]["compressed_by"] == "pg_basebackup"  # zstd inside the container
     archived = read_tar(full_set.dir / a["file"], a["compression"])
     assert "PG_VERSION" in archived and "backup_label" in archived
     assert any(p.startswith("pg_wal/") for p in archived)
