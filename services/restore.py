@@ -48,7 +48,13 @@ from services.progress import (
     locked,
     null_reporter,
 )
-from services.safe_tar import Listing, clear_directory, extract_archive, validate_archive
+from services.safe_tar import (
+    Listing,
+    clear_directory,
+    extract_archive,
+    remove_extraneous,
+    validate_archive,
+)
 from services.stopped import StoppedLedger
 from services.store import Artifact, BackupSet, BackupStore
 from services.verify import verify_set
@@ -93,6 +99,8 @@ class RestoreRequest:
     target_db: str | None = None
     """``--as NAME``: restore the one selected database under another name."""
     safety_backup: bool = True
+    delta: bool = False
+    """Keep volume files that pass rsync's quick check instead of rewriting everything."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ class RestorePlan:
     steps: tuple[PlanStep, ...]
     listings: dict[str, Listing] = field(default_factory=dict, compare=False, repr=False)
     notes: tuple[str, ...] = ()
+    delta: bool = False
 
     @property
     def confirm_token(self) -> str:
@@ -131,6 +140,7 @@ class RestorePlan:
             "roles": self.globals is not None, "safety_backup": self.safety_backup,
             "stop_containers": list(self.stop_containers), "stops_postgres": self.stops_postgres,
             "estimate_seconds": round(self.estimate_seconds, 1), "notes": list(self.notes),
+            "delta": self.delta,
             "steps": [asdict(s) for s in self.steps],
         }
 
@@ -221,7 +231,7 @@ class RestoreFlow:
         return RestorePlan(set=s, databases=dbs, volumes=vols, globals=glob,
                            target_db=request.target_db, safety_backup=safety,
                            stop_containers=stop, stops_postgres=stops_pg, steps=steps,
-                           listings=listings, notes=tuple(notes))
+                           listings=listings, notes=tuple(notes), delta=request.delta)
 
     def _select(self, s: BackupSet, r: RestoreRequest
                 ) -> tuple[tuple[Artifact, ...], tuple[Artifact, ...], Artifact | None]:
@@ -569,11 +579,16 @@ class RestoreFlow:
             raise RestoreError(f"volume {name}: cannot write its mountpoint {info.mountpoint}",
                                hint="run dcb as root on the Docker host")
         dest = Path(info.mountpoint)
-        clear_directory(dest)
+        # PostgreSQL's data dir is always rewritten whole: its files change in place.
+        delta = plan.delta and a.name != self.target.postgres_data_volume
+        if not delta:
+            clear_directory(dest)
         meter = ByteMeter(f"volume {a.name}", self.report, a.source.get("raw_bytes"))
         with open_decompressed(plan.set.path / a.file, a.compression) as f:
             listing = extract_archive(_Metered(f, meter, self.cancel), dest,  # type: ignore[arg-type]
-                                      expected=plan.listings.get(a.name))
+                                      expected=plan.listings.get(a.name), delta=delta)
+        if delta:
+            remove_extraneous(dest, listing)
         meter.flush()
         # Compared now, before anything starts on the volume: PostgreSQL rewrites its data
         # dir as it boots and an app may write at once.

@@ -34,6 +34,7 @@ import contextlib
 import decimal
 import os
 import re
+import shutil
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
@@ -520,8 +521,10 @@ def _differences(got: Entry, want: Entry) -> str:
 
 
 class _Extractor:
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, delta: bool = False) -> None:
         self.root_fd = root_fd
+        self.delta = delta
+        self.skipped = 0
         self.fds: dict[str, int] = {}
         self.inodes: dict[str, tuple[int, int]] = {}
         self.dirs: list[_Member] = []
@@ -620,8 +623,29 @@ class _Extractor:
                 # Kept until the end, when the archive's mode is applied.
                 os.fchmod(self.dir_fd(path), stat.S_IMODE(st.st_mode) | 0o700)
 
+    def _unchanged(self, pfd: int, name: str, m: _Member) -> bool:
+        """rsync's quick check: a regular file with the member's size, mtime (to the second,
+        what tar keeps), owner and mode is left as it is."""
+        e = m.entry
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or m.sparse is not None:
+            return False
+        same = (st.st_size == e.size and st.st_mtime_ns // 10**9 == m.mtime_ns // 10**9
+                and stat.S_IMODE(st.st_mode) == e.mode)
+        if self.chown:
+            same = same and (st.st_uid, st.st_gid) == (e.uid, e.gid)
+        if same:
+            self.inodes[e.path] = (st.st_dev, st.st_ino)
+        return same
+
     def _write_file(self, pfd: int, name: str, m: _Member, tf: tarfile.TarFile) -> None:
         e = m.entry
+        if self.delta and self._unchanged(pfd, name, m):
+            self.skipped += 1  # the stream skips the member's data by itself
+            return
         try:
             fd = os.open(name, _O_NEW, 0o600, dir_fd=pfd)
         except FileExistsError:
@@ -692,7 +716,8 @@ def _copy_data(tf: tarfile.TarFile, m: _Member, fd: int) -> None:
         os.ftruncate(fd, e.size)
 
 
-def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = None) -> Listing:
+def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = None,
+                    delta: bool = False) -> Listing:
     """Extract a tar stream into the existing directory ``dest`` exactly.
 
     Numeric owners (when running as root), modes, mtimes, symlinks, hard links and empty
@@ -700,13 +725,17 @@ def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = 
     Every member is validated again before it is written; with ``expected`` (the listing
     :func:`validate_archive` returned for the same artifact) each member must also equal the
     validated one, in order. On an error the destination is left partly extracted.
+
+    ``delta``: files already in ``dest`` that pass rsync's quick check (same size, mtime,
+    owner, mode) are not rewritten; the caller removes what the archive does not hold
+    (:func:`remove_extraneous`).
     """
     try:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
         raise ExtractError(f"cannot open the restore target {dest}: {err.strerror}") from None
     v = _Validator()
-    x = _Extractor(root_fd)
+    x = _Extractor(root_fd, delta=delta)
     root: _Member | None = None
     want = expected.entries if expected is not None else None
     hint = "extraction stopped at this member; the destination is incomplete"
@@ -812,6 +841,27 @@ def _remove_at(parent: int, name: str) -> None:
     finally:
         for _, _, fd, _ in stack:
             os.close(fd)
+
+
+def remove_extraneous(dest: Path, listing: Listing) -> int:
+    """Remove what ``dest`` holds beyond ``listing`` (after a delta extraction), never
+    following a symlink. Returns how many top-most entries went."""
+    keep = set(listing.files())
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(dest, topdown=True, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, dest)
+        for n in list(dirnames) + filenames:
+            rel = n if rel_dir == "." else f"{rel_dir}/{n}"
+            if rel in keep:
+                continue
+            full = os.path.join(dirpath, n)
+            if n in dirnames and not os.path.islink(full):
+                shutil.rmtree(full)
+                dirnames.remove(n)
+            else:
+                os.unlink(full)
+            removed += 1
+    return removed
 
 
 def clear_directory(dest: Path) -> None:

@@ -231,3 +231,20 @@ def test_dump_from_a_newer_server_is_refused_before_anything(stack: TestStack, t
     assert r.code == 1
     assert "preflight failed" in r.err and "PostgreSQL 99" in r.err
     assert "nothing was changed" in r.err
+
+
+def test_delta_restore_rewrites_only_what_differs(stack: TestStack, tmp_path: Path):
+    cfg, set_id = backup(stack, tmp_path, "--volume", stack.functions_volume)
+    at_backup = stack.volume_listing(stack.functions_volume)
+    mount = Path(stack.client.volumes.get(stack.functions_volume).attrs["Mountpoint"])
+    big_inode = (mount / "functions/big.bin").stat().st_ino
+    damage_live_data(stack)  # removes a dir and a file, adds one, changes a mode
+    r = run_dcb("restore", set_id, "--volume", stack.functions_volume, "--delta", "--yes",
+                "--no-safety-backup", "--json", "--config", str(cfg))
+    assert r.code == 0, r.err + r.out
+    out = json.loads(r.out)
+    assert out["plan"]["delta"] is True
+    assert out["report"]["verification"] == {f"volume {stack.functions_volume}": []}
+    assert stack.volume_listing(stack.functions_volume) == at_backup
+    # The unchanged 3 MiB file was left in place, not rewritten.
+    assert (mount / "functions/big.bin").stat().st_ino == big_inode
