@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -628,17 +629,30 @@ class RestoreFlow:
         else:
             cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", tmp,
                    "-o", "/dev/null", "--no-password"]
+        staged = self._stage_dump(s, a) if fmt == "custom" else None
         try:
-            with open_decompressed(s.path / a.file, a.compression) as f, \
-                    pg.exec(cmd, stdin=True) as p:
-                code = p.feed(_read_chunks(f, self.cancel, meter))
-                if code != 0:
-                    raise RestoreError(f"restoring {a.name} failed, the old database is "
-                                       f"untouched: {_first_line(p.stderr_text)}")
+            if staged is not None:
+                # pg_restore -j2 needs a file it can seek: two cores replay the dump.
+                container_path = staged[1]
+                with pg.exec([*cmd, "-j", "2", container_path]) as p:
+                    p.read_all()
+                    code = p.wait(24 * 3600)
+                meter.add(a.size_bytes)
+            else:
+                with open_decompressed(s.path / a.file, a.compression) as f, \
+                        pg.exec(cmd, stdin=True) as p:
+                    code = p.feed(_read_chunks(f, self.cancel, meter))
+            if code != 0:
+                raise RestoreError(f"restoring {a.name} failed, the old database is "
+                                   f"untouched: {_first_line(p.stderr_text)}")
         except BaseException:
             with contextlib.suppress(DcbError):
                 pg.query(f"DROP DATABASE IF EXISTS {_ident(tmp)} WITH (FORCE)")
             raise
+        finally:
+            if staged is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(staged[0])
         meter.flush()
         # Swap: the old database is renamed away only now that the new one is complete.
         old = f"{name}{OLD_SUFFIX}"
@@ -660,6 +674,33 @@ class RestoreFlow:
         if exists:
             pg.query(f"DROP DATABASE IF EXISTS {_ident(old)} WITH (FORCE)")
         return f"{meter.done} bytes replayed"
+
+    def _stage_dump(self, s: BackupSet, a: Artifact) -> tuple[str, str] | None:
+        """Put a custom-format dump where the server's container can read it as a file: in
+        PostgreSQL's data volume, through its mountpoint (a hard link when the backup dir is
+        on the same filesystem, else a copy). None when dcb cannot (not root beside the
+        engine, or no data volume mounted): the dump is then streamed to pg_restore's stdin.
+        """
+        if a.compression != "none":
+            return None
+        c = self.gw.find_container(self.target.postgres_container)
+        mount = next((m for m in (c.mounts if c else ()) if m.volume), None)
+        if mount is None or not mountpoint_usable(mount.source):
+            return None
+        name = f".dcb-restore-{os.getpid()}-{a.name}.pgdump"
+        host = os.path.join(mount.source, name)
+        try:
+            # Mode 0600 stays (a hard link shares the artifact's inode): pg_restore runs as
+            # the container's default user, root in the official image.
+            try:
+                os.link(s.path / a.file, host)
+            except OSError:
+                shutil.copyfile(s.path / a.file, host)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(host)
+            return None
+        return host, f"{mount.destination.rstrip('/')}/{name}"
 
     def _verify(self, plan: RestorePlan) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

@@ -92,6 +92,9 @@ def test_selective_restore_and_undo(stack: TestStack, tmp_path: Path):
     assert now["functions_db"] == damaged["functions_db"]  # untouched
     assert now["functions_data"] == damaged["functions_data"]  # untouched
     assert started_at(stack, stack.postgres_container) == pg_started  # never restarted
+    # The dump staged in the data volume for pg_restore -j2 is gone again.
+    pgdata = Path(stack.client.volumes.get(stack.postgres_volume).attrs["Mountpoint"])
+    assert not list(pgdata.glob(".dcb-restore-*"))
     # Undo: the safety snapshot brings back the pre-restore state.
     safety = report["safety_set_id"]
     r = run_dcb("restore", safety, "--yes", "--no-safety-backup", "--config", str(cfg))
