@@ -8,11 +8,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from cli.progress import ProgressPrinter
 from cli.render import print_json, table
+from cli.signals import CancelOnSignals
 from services import formatting as fmt
 from services.backup import read_history
 from services.config import Config
@@ -109,25 +109,6 @@ def report_text(r: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-class _CancelOnSignals:
-    """During a restore, Ctrl-C and SIGTERM ask to stop at the next safe point."""
-
-    def __init__(self, cancel: threading.Event) -> None:
-        self.cancel = cancel
-        self._old: list[Any] = []
-
-    def __enter__(self) -> None:
-        def handler(sig: int, _frame: FrameType | None) -> None:
-            sys.stderr.write("\ndcb: stopping at the next safe point...\n")
-            self.cancel.set()
-
-        self._old = [signal.signal(signal.SIGINT, handler), signal.signal(signal.SIGTERM, handler)]
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._old[0])
-        signal.signal(signal.SIGTERM, self._old[1])
-
-
 def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
     request = RestoreRequest(
         set_id=args.id, databases=tuple(args.db) if args.db else None,
@@ -158,7 +139,8 @@ def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
         if answer != plan.confirm_token:
             sys.stderr.write("dcb: cancelled, nothing was changed\n")
             return 1
-    with _CancelOnSignals(cancel):
+    with CancelOnSignals(cancel, (signal.SIGINT, signal.SIGTERM),
+                         "\ndcb: stopping at the next safe point...\n"):
         try:
             report = flow.execute(plan, plan.confirm_token)
         finally:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from cli.progress import ProgressPrinter
 from cli.render import print_json, table
+from cli.signals import CancelOnSignals
 from services import formatting as fmt
 from services.backup import BackupRequest, BackupRun, append_history, read_history
 from services.config import Config
@@ -71,23 +70,6 @@ def register(add: AddCommand) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-class _CancelOnSignal:
-    """SIGTERM (and SIGINT via KeyboardInterrupt) set the run's cancel event."""
-
-    def __init__(self, cancel: threading.Event) -> None:
-        self.cancel = cancel
-        self._old: Any = None
-
-    def __enter__(self) -> None:
-        def handler(_sig: int, _frame: FrameType | None) -> None:
-            self.cancel.set()
-
-        self._old = signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._old)
-
-
 def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
     dbs = tuple(args.db) if args.db else None
     vols = tuple(args.volume) if args.volume else None
@@ -98,7 +80,7 @@ def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
     printer = ProgressPrinter(quiet=args.quiet)
     cancel = threading.Event()
     try:
-        with _CancelOnSignal(cancel):
+        with CancelOnSignals(cancel):  # SIGINT arrives as KeyboardInterrupt
             s = BackupRun(cfg, printer, cancel).run(BackupRequest(databases=dbs, volumes=vols))
     finally:
         printer.close()

@@ -39,6 +39,7 @@ from services.postgres import (
     DumpError,
     PgGateway,
     first_error,
+    major_version,
 )
 from services.progress import (
     ByteMeter,
@@ -85,12 +86,6 @@ class _Plan:
     server_version: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
 
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0].split()[0])
-    except (ValueError, IndexError):
-        return 0
 
 
 def restart_stopped(gw: DockerGateway, ledger: StoppedLedger, report: Reporter) -> None:
@@ -464,7 +459,7 @@ class BackupRun:
         try:
             if is_pg_data:
                 # Never a raw copy of a live data directory: an online physical backup.
-                in_container = st.compression == "zstd" and _major(plan.server_version) >= 15
+                in_container = st.compression == "zstd" and major_version(plan.server_version) >= 15
                 proc: TarSource = pg.basebackup(
                     zstd_level=st.compression_level if in_container else None)
                 if in_container:

@@ -228,6 +228,14 @@ class SnapshotSession:
         self.close()
 
 
+def major_version(version: str) -> int:
+    """``15.18 (Debian 15.18-0+deb12u1)`` -> 15; 0 when unknown."""
+    try:
+        return int(version.split(".")[0].split()[0])
+    except (ValueError, IndexError):
+        return 0
+
+
 def parse_row_counts(text: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for line in text.splitlines():

@@ -38,7 +38,7 @@ from services.disk import disk_usage
 from services.docker_gateway import DockerGateway
 from services.errors import Cancelled, DcbError, NotFound, UsageError
 from services.lock import StoreLock
-from services.postgres import PgGateway
+from services.postgres import PgGateway, major_version
 from services.progress import (
     ByteMeter,
     LogLine,
@@ -364,7 +364,7 @@ class RestoreFlow:
                 major = self.pg.server_info().major
                 dumped = plan.set.artifacts[0].source.get("server_version") or \
                     (plan.databases[0].source.get("server_version") or "")
-                dumped_major = _major(str(dumped))
+                dumped_major = major_version(str(dumped))
                 if dumped_major and dumped_major > major:
                     problems.append(f"the dump comes from PostgreSQL {dumped_major}, the server "
                                     f"runs {major}: pg_restore cannot go back a major version")
@@ -809,12 +809,6 @@ def _history(root: Path) -> list[dict[str, Any]]:
 
     return read_history(root)
 
-
-def _major(version: str) -> int:
-    try:
-        return int(version.split(".")[0].split()[0])
-    except (ValueError, IndexError):
-        return 0
 
 
 def _ident(name: str) -> str:
