@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from cli.commands import AddCommand
 from cli.render import print_json, table
 from services import formatting as fmt
 from services.config import Config
 from services.du import DuNode, ScanProgress, bar, display_name, percent, scan, sorted_children
 from services.du import to_json as du_json
 from services.errors import UsageError
-
-AddCommand = Callable[..., argparse.ArgumentParser]
 
 TOP = 20
 """Without --all, each listed directory shows its this many largest entries."""

@@ -7,9 +7,9 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
+from cli.commands import AddCommand
 from cli.progress import ProgressPrinter
 from cli.render import print_json, table
 from cli.signals import CancelOnSignals
@@ -18,8 +18,6 @@ from services.backup import read_history
 from services.config import Config
 from services.errors import DcbError, NotFound, UsageError
 from services.restore import RESTORES_DIR, RestoreFlow, RestorePlan, RestoreReport, RestoreRequest
-
-AddCommand = Callable[..., argparse.ArgumentParser]
 
 
 def register(add: AddCommand) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
+from cli.commands import AddCommand
 from cli.progress import ProgressPrinter
 from cli.render import print_json, table
 from cli.signals import CancelOnSignals
@@ -20,8 +20,6 @@ from services.postgres import PgGateway
 from services.prune import prune
 from services.store import BackupSet, BackupStore
 from services.verify import SetCheck, verified_now, verify_set
-
-AddCommand = Callable[..., argparse.ArgumentParser]
 
 
 def register(add: AddCommand) -> None:
