@@ -33,6 +33,14 @@ STDERR_KEEP = 64 * 1024
 HELPER_LABEL = "dcb.helper"
 
 
+def _response_reader(sock: Any) -> io.BufferedReader | None:
+    try:
+        fp = sock._response.raw._fp.fp
+    except AttributeError:
+        return None
+    return fp if isinstance(fp, io.BufferedReader) and fp.raw is sock else None
+
+
 class _Framed:
     """Reads demultiplexed frames from a hijacked Docker connection."""
 
@@ -40,8 +48,15 @@ class _Framed:
         self.sock = sock
         self._raw_sock: socket.socket | None = getattr(sock, "_sock", None) or (
             sock if isinstance(sock, socket.socket) else None)
-        raw = sock if isinstance(sock, io.RawIOBase) else socket.SocketIO(sock, "rb")
-        self.reader = io.BufferedReader(raw, buffer_size=1 << 20)
+        # The HTTP client read the response headers through a buffered reader, which may
+        # already hold the first frames (a quick process's whole output): read through that
+        # same reader, or those bytes are lost. docker-py keeps the response on the socket.
+        buffered = _response_reader(sock)
+        if buffered is not None:
+            self.reader = buffered
+        else:
+            raw = sock if isinstance(sock, io.RawIOBase) else socket.SocketIO(sock, "rb")
+            self.reader = io.BufferedReader(raw, buffer_size=1 << 20)
         self.stderr = bytearray()
         self.eof = False
 
