@@ -48,19 +48,19 @@ sys.path.insert(0, str(REPO))
 from textual._compositor import CompositorUpdate  # noqa: E402
 from textual.app import App, ComposeResult  # noqa: E402
 
-from services import formatting as fmt  # noqa: E402
-from services.config import Config, load_config  # noqa: E402
-from services.store import BackupStore  # noqa: E402
+from dcb.services import formatting as fmt  # noqa: E402
+from dcb.services.config import Config, load_config  # noqa: E402
+from dcb.services.store import BackupStore  # noqa: E402
+from dcb.tui.app import DcbApp  # noqa: E402
+from dcb.tui.screens.dashboard import DashboardScreen  # noqa: E402
+from dcb.tui.screens.tasks import BackupScreen  # noqa: E402
+from dcb.widgets.backups_table import MAX_ROWS, BackupsTable  # noqa: E402
 from tests.snapshot_fixtures import (  # noqa: E402
     FIXED_NOW,
     FixedSources,
     many_sets,
     write_config,
 )
-from tui.app import DcbApp  # noqa: E402
-from tui.screens.dashboard import DashboardScreen  # noqa: E402
-from tui.screens.tasks import BackupScreen  # noqa: E402
-from widgets.backups_table import MAX_ROWS, BackupsTable  # noqa: E402
 
 SIZE = (120, 40)
 TARGET_LAUNCH = 1.0
@@ -141,7 +141,7 @@ async def launch_once(make_app: Callable[[], DcbApp], expect_rows: int,
 
 
 def cold_import_seconds(runs: int) -> list[float]:
-    code = ("import time; t = time.perf_counter(); import tui.app; "
+    code = ("import time; t = time.perf_counter(); import dcb.tui.app; "
             "print(time.perf_counter() - t)")
     out = []
     for _ in range(runs):
@@ -170,7 +170,7 @@ async def bench_launch(cfg_fixed: Config, real: Config | None, runs: int) -> Non
     finally:
         fmt.pin_now(None)
     imports = cold_import_seconds(3)
-    line("cold `import tui.app` (fresh interpreter)", statistics.median(imports), None,
+    line("cold `import dcb.tui.app` (fresh interpreter)", statistics.median(imports), None,
          summary(imports))
     if real is None:
         line("real services (needs --config)", None)

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cli.render import print_json, status_text, table
-from services.config import SECTIONS, Config
-from services.docker_gateway import DockerGateway
-from services.errors import NotFound
-from services.status import collect_status
+from dcb.cli.render import print_json, status_text, table
+from dcb.services.config import SECTIONS, Config
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import NotFound
+from dcb.services.status import collect_status
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 
@@ -61,7 +61,7 @@ def _show(v: Any) -> str:
 
 def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
-    from cli import du_command, restore_commands, store_commands
+    from dcb.cli import du_command, restore_commands, store_commands
 
     store_commands.register(add)
     restore_commands.register(add)

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from cli.commands import AddCommand
-from cli.render import print_json, table
-from services import formatting as fmt
-from services.config import Config
-from services.du import DuNode, ScanProgress, bar, display_name, percent, scan, sorted_children
-from services.du import to_json as du_json
-from services.errors import UsageError
+from dcb.cli.commands import AddCommand
+from dcb.cli.render import print_json, table
+from dcb.services import formatting as fmt
+from dcb.services.config import Config
+from dcb.services.du import DuNode, ScanProgress, bar, display_name, percent, scan, sorted_children
+from dcb.services.du import to_json as du_json
+from dcb.services.errors import UsageError
 
 TOP = 20
 """Without --all, each listed directory shows its this many largest entries."""

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import docker.errors
 import requests.exceptions
 
-from services import __version__
-from services.config import Config, load_config
-from services.errors import DcbError, DockerUnavailable
+from dcb import __version__
+from dcb.services.config import Config, load_config
+from dcb.services.errors import DcbError, DockerUnavailable
 
 EPILOG = """\
 configuration:
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dcb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    from cli import commands
+    from dcb.cli import commands
 
     def add(name: str, help_: str, func: Callable[[argparse.Namespace, Config], int],
             description: str | None = None) -> argparse.ArgumentParser:
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(getattr(args, "config", None))
         if args.command is None:
-            from tui.app import run_tui
+            from dcb.tui.app import run_tui
 
             return run_tui(cfg)
         code: int = args.func(args, cfg)

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import TextIO
 
-from services import formatting as fmt
-from services.progress import (
+from dcb.services import formatting as fmt
+from dcb.services.progress import (
     BytesProgress,
     Event,
     LogLine,

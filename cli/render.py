@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from services import formatting as fmt
-from services.status import StackStatus
+from dcb.services import formatting as fmt
+from dcb.services.status import StackStatus
 
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:

@@ -9,15 +9,21 @@ import sys
 import threading
 from typing import Any
 
-from cli.commands import AddCommand
-from cli.progress import ProgressPrinter
-from cli.render import print_json, table
-from cli.signals import CancelOnSignals
-from services import formatting as fmt
-from services.backup import read_history
-from services.config import Config
-from services.errors import DcbError, NotFound, UsageError
-from services.restore import RESTORES_DIR, RestoreFlow, RestorePlan, RestoreReport, RestoreRequest
+from dcb.cli.commands import AddCommand
+from dcb.cli.progress import ProgressPrinter
+from dcb.cli.render import print_json, table
+from dcb.cli.signals import CancelOnSignals
+from dcb.services import formatting as fmt
+from dcb.services.backup import read_history
+from dcb.services.config import Config
+from dcb.services.errors import DcbError, NotFound, UsageError
+from dcb.services.restore import (
+    RESTORES_DIR,
+    RestoreFlow,
+    RestorePlan,
+    RestoreReport,
+    RestoreRequest,
+)
 
 
 def register(add: AddCommand) -> None:
@@ -154,7 +160,7 @@ def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
-    from services.drill import run_drill
+    from dcb.services.drill import run_drill
 
     printer = ProgressPrinter(quiet=args.json)
     try:

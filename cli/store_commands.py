@@ -7,19 +7,19 @@ import sys
 import threading
 from typing import Any
 
-from cli.commands import AddCommand
-from cli.progress import ProgressPrinter
-from cli.render import print_json, table
-from cli.signals import CancelOnSignals
-from services import formatting as fmt
-from services.backup import BackupRequest, BackupRun, append_history, read_history
-from services.config import Config
-from services.docker_gateway import DockerGateway
-from services.errors import DcbError, NotFound, UsageError
-from services.postgres import PgGateway
-from services.prune import prune
-from services.store import BackupSet, BackupStore
-from services.verify import SetCheck, verified_now, verify_set
+from dcb.cli.commands import AddCommand
+from dcb.cli.progress import ProgressPrinter
+from dcb.cli.render import print_json, table
+from dcb.cli.signals import CancelOnSignals
+from dcb.services import formatting as fmt
+from dcb.services.backup import BackupRequest, BackupRun, append_history, read_history
+from dcb.services.config import Config
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import DcbError, NotFound, UsageError
+from dcb.services.postgres import PgGateway
+from dcb.services.prune import prune
+from dcb.services.store import BackupSet, BackupStore
+from dcb.services.verify import SetCheck, verified_now, verify_set
 
 
 def register(add: AddCommand) -> None:

@@ -40,7 +40,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.dcb-installed
 sum=$(cat pyproject.toml deploy/constraints.txt | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ] || ! .venv/bin/python -c 'import cli.main' 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ] || ! .venv/bin/python -c 'import dcb.cli.main' 2>/dev/null; then
     log "installing dcb and its dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip >/dev/null
     .venv/bin/pip install -q -c deploy/constraints.txt -e '.[dev]'

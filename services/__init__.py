@@ -3,5 +3,3 @@
 Never imports Textual (or anything from tui/, widgets/, cli/): the CLI, the scheduler and the
 tests use it alone. An import-linter contract in pyproject.toml enforces it.
 """
-
-__version__ = "0.1.0"

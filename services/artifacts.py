@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from services.errors import DcbError
+from dcb.services.errors import DcbError
 
 CHUNK = 1024 * 1024
 EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}

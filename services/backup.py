@@ -24,15 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services import __version__
-from services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
-from services.config import Config
-from services.disk import disk_usage
-from services.docker_exec import remove_stale_helpers, store_tag
-from services.docker_gateway import DockerGateway
-from services.errors import Cancelled, DcbError, NotFound, UsageError
-from services.lock import StoreLock
-from services.postgres import (
+from dcb import __version__
+from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
+from dcb.services.config import Config
+from dcb.services.disk import disk_usage
+from dcb.services.docker_exec import remove_stale_helpers, store_tag
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
+from dcb.services.lock import StoreLock
+from dcb.services.postgres import (
     CLUSTER_DUMP_END,
     CUSTOM_MAGIC,
     PLAIN_DUMP_END,
@@ -41,7 +41,7 @@ from services.postgres import (
     first_error,
     major_version,
 )
-from services.progress import (
+from dcb.services.progress import (
     ByteMeter,
     LogLine,
     Reporter,
@@ -51,8 +51,8 @@ from services.progress import (
     locked,
     null_reporter,
 )
-from services.stopped import StoppedLedger
-from services.store import (
+from dcb.services.stopped import StoppedLedger
+from dcb.services.store import (
     DIR_MODE,
     HISTORY,
     MANIFEST,
@@ -63,7 +63,7 @@ from services.store import (
     new_set_id,
     read_manifest,
 )
-from services.volumes import LocalTar, TarSource, open_volume_tar
+from dcb.services.volumes import LocalTar, TarSource, open_volume_tar
 
 STOP_TIMEOUT = 30
 
@@ -298,7 +298,7 @@ class BackupRun:
         plan.estimate_bytes = int(raw * self.cfg.storage.space_estimate_ratio)
         free = disk_usage(self.root).free_bytes
         if plan.estimate_bytes > free:
-            from services.formatting import size
+            from dcb.services.formatting import size
 
             raise StorageError(
                 f"not enough space in {self.root}: this backup needs about "

@@ -24,7 +24,7 @@ from typing import Any
 
 import platformdirs
 
-from services.errors import ConfigError
+from dcb.services.errors import ConfigError
 
 CONFIG_FILENAME = "dcb.toml"
 ENV_PREFIX = "DCB_"

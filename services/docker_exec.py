@@ -25,8 +25,8 @@ import docker.errors
 import requests.exceptions
 from docker.types import LogConfig
 
-from services.docker_gateway import DockerGateway, _as_unavailable
-from services.errors import DcbError, NotFound
+from dcb.services.docker_gateway import DockerGateway, _as_unavailable
+from dcb.services.errors import DcbError, NotFound
 
 STDOUT, STDERR = 1, 2
 STDERR_KEEP = 64 * 1024

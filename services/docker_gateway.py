@@ -16,7 +16,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from services.errors import DcbError, DockerUnavailable, NotFound
+from dcb.services.errors import DcbError, DockerUnavailable, NotFound
 
 DEFAULT_TIMEOUT = 120
 

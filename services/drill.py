@@ -18,14 +18,14 @@ from typing import Any
 
 import docker.errors
 
-from services.backup import append_history
-from services.config import Config
-from services.docker_gateway import DockerGateway
-from services.errors import DcbError, NotFound
-from services.postgres import PgGateway
-from services.progress import LogLine, Reporter, null_reporter
-from services.restore import RestoreFlow, RestoreReport, RestoreRequest, Target
-from services.store import BackupStore
+from dcb.services.backup import append_history
+from dcb.services.config import Config
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import DcbError, NotFound
+from dcb.services.postgres import PgGateway
+from dcb.services.progress import LogLine, Reporter, null_reporter
+from dcb.services.restore import RestoreFlow, RestoreReport, RestoreRequest, Target
+from dcb.services.store import BackupStore
 
 DRILL_LABEL = "dcb.drill"
 

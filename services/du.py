@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.errors import Cancelled, NotFound, UsageError
+from dcb.services.errors import Cancelled, NotFound, UsageError
 
 OTHER_FILESYSTEM = "other filesystem"
 _CHECK_EVERY = 4096

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import docker.errors
 import requests.exceptions
 
-from services.docker_gateway import ContainerInfo, DockerGateway
-from services.errors import DcbError
+from dcb.services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.errors import DcbError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.errors import LockedError
-from services.store import LOCKFILE
+from dcb.services.errors import LockedError
+from dcb.services.store import LOCKFILE
 
 
 class StoreLock:

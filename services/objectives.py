@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.backup import read_history
-from services.config import Config
-from services.restore import RESTORES_DIR
-from services.store import BackupStore
+from dcb.services.backup import read_history
+from dcb.services.config import Config
+from dcb.services.restore import RESTORES_DIR
+from dcb.services.store import BackupStore
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.backup import read_history
-from services.config import Config
-from services.store import BackupSet, BackupStore
+from dcb.services.backup import read_history
+from dcb.services.config import Config
+from dcb.services.store import BackupSet, BackupStore
 
 
 @dataclass(frozen=True)

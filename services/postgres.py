@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from services.docker_exec import ExecProcess
-from services.docker_gateway import DockerGateway
-from services.errors import DcbError
+from dcb.services.docker_exec import ExecProcess
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import DcbError
 
 PLAIN_DUMP_END = b"-- PostgreSQL database dump complete"
 CLUSTER_DUMP_END = b"-- PostgreSQL database cluster dump complete"

@@ -7,11 +7,11 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from services.backup import append_history
-from services.config import Config
-from services.lock import StoreLock
-from services.retention import Decision, plan
-from services.store import BackupSet, BackupStore
+from dcb.services.backup import append_history
+from dcb.services.config import Config
+from dcb.services.lock import StoreLock
+from dcb.services.retention import Decision, plan
+from dcb.services.store import BackupSet, BackupStore
 
 
 @dataclass(frozen=True)

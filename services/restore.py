@@ -25,21 +25,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.artifacts import CHUNK, atomic_write_bytes, open_decompressed
-from services.backup import (
+from dcb.services.artifacts import CHUNK, atomic_write_bytes, open_decompressed
+from dcb.services.backup import (
     BackupRequest,
     BackupRun,
     append_history,
     ensure_store_dir,
     restart_stopped,
 )
-from services.config import Config
-from services.disk import disk_usage
-from services.docker_gateway import DockerGateway
-from services.errors import Cancelled, DcbError, NotFound, UsageError
-from services.lock import StoreLock
-from services.postgres import PgGateway, major_version
-from services.progress import (
+from dcb.services.config import Config
+from dcb.services.disk import disk_usage
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
+from dcb.services.lock import StoreLock
+from dcb.services.postgres import PgGateway, major_version
+from dcb.services.progress import (
     ByteMeter,
     LogLine,
     Reporter,
@@ -49,17 +49,17 @@ from services.progress import (
     locked,
     null_reporter,
 )
-from services.safe_tar import (
+from dcb.services.safe_tar import (
     Listing,
     clear_directory,
     extract_archive,
     remove_extraneous,
     validate_archive,
 )
-from services.stopped import StoppedLedger
-from services.store import Artifact, BackupSet, BackupStore
-from services.verify import verify_set
-from services.volumes import mountpoint_usable
+from dcb.services.stopped import StoppedLedger
+from dcb.services.store import Artifact, BackupSet, BackupStore
+from dcb.services.verify import verify_set
+from dcb.services.volumes import mountpoint_usable
 
 RESTORES_DIR = "restores"
 TMP_SUFFIX = "__dcb_restore"
@@ -805,7 +805,7 @@ def _read_chunks(f: Any, cancel: threading.Event, meter: ByteMeter | None = None
 
 
 def _history(root: Path) -> list[dict[str, Any]]:
-    from services.backup import read_history
+    from dcb.services.backup import read_history
 
     return read_history(root)
 

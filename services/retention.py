@@ -37,8 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from services.config import RetentionConfig
-from services.store import BackupSet
+from dcb.services.config import RetentionConfig
+from dcb.services.store import BackupSet
 
 GOOD_STATUSES = frozenset({"complete", "legacy"})
 INCOMPLETE_GRACE = timedelta(days=1)

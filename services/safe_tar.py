@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Self
 
-from services.errors import DcbError
+from dcb.services.errors import DcbError
 
 FILE = "file"
 DIR = "dir"

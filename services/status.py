@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.config import Config
-from services.disk import DiskUsage, disk_usage
-from services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.config import Config
+from dcb.services.disk import DiskUsage, disk_usage
+from dcb.services.docker_gateway import ContainerInfo, DockerGateway
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class StackStatus:
 
 def summarize_backups(cfg: Config) -> BackupSummary:
     # Imported here: the store module is heavier and status must work without a store.
-    from services.store import BackupStore
+    from dcb.services.store import BackupStore
 
     sets = [s for s in BackupStore.for_config(cfg).list_sets()
             if s.status in ("complete", "legacy")]
@@ -123,7 +123,7 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
         volumes.append(VolumeStatus(name=vname, exists=True, size_bytes=sizes.get(vname),
                                     used_by=users))
 
-    from services.stopped import StoppedLedger
+    from dcb.services.stopped import StoppedLedger
 
     for name, by in StoppedLedger(cfg.backup_dir).pending().items():
         problems.append(f"{name} was stopped by an interrupted dcb {by} and not started again "
@@ -140,7 +140,7 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
 
 
 def _volume_exists(gateway: DockerGateway, name: str) -> bool:
-    from services.errors import NotFound
+    from dcb.services.errors import NotFound
 
     try:
         gateway.volume(name)

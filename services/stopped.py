@@ -12,7 +12,7 @@ import json
 import threading
 from pathlib import Path
 
-from services.artifacts import atomic_write_bytes
+from dcb.services.artifacts import atomic_write_bytes
 
 STOPPED_MARKER = ".stopped-containers.json"
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from services.errors import DcbError, NotFound
+from dcb.services.errors import DcbError, NotFound
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"

@@ -19,11 +19,11 @@ from typing import Any
 
 import zstandard
 
-from services.artifacts import CHUNK, open_decompressed, sha256_file
-from services.errors import Cancelled, DcbError
-from services.postgres import CLUSTER_DUMP_END, PLAIN_DUMP_END, PgGateway
-from services.progress import ByteMeter, Reporter, StageFinished, StageStarted, null_reporter
-from services.store import Artifact, BackupSet
+from dcb.services.artifacts import CHUNK, open_decompressed, sha256_file
+from dcb.services.errors import Cancelled, DcbError
+from dcb.services.postgres import CLUSTER_DUMP_END, PLAIN_DUMP_END, PgGateway
+from dcb.services.progress import ByteMeter, Reporter, StageFinished, StageStarted, null_reporter
+from dcb.services.store import Artifact, BackupSet
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from services.docker_exec import HelperProcess
-from services.docker_gateway import DockerGateway
-from services.errors import DcbError
+from dcb.services.docker_exec import HelperProcess
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import DcbError
 
 READ_CHUNK = 1024 * 1024
 

@@ -28,7 +28,7 @@ def run_dcb(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
             timeout: float = 600, input: str | None = None) -> Result:
     """Run the installed ``dcb`` console script as a user would."""
     exe = BIN / "dcb"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dcb"]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DCB_")}
     full_env.update(env or {})
     p = subprocess.run([*cmd, *args], capture_output=True, text=True, env=full_env, cwd=cwd,

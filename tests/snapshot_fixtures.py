@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from services.config import Config, load_config
-from services.disk import DiskUsage
-from services.docker_gateway import ContainerInfo, Mount
-from services.errors import DockerUnavailable
-from services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
-from services.overview import SetRow, StoreOverview
-from services.status import BackupSummary, ContainerStatus, StackStatus, VolumeStatus
-from services.store import MANIFEST, MANIFEST_VERSION, Artifact, BackupSet
-from tui.sources import Sources
+from dcb.services.config import Config, load_config
+from dcb.services.disk import DiskUsage
+from dcb.services.docker_gateway import ContainerInfo, Mount
+from dcb.services.errors import DockerUnavailable
+from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from dcb.services.overview import SetRow, StoreOverview
+from dcb.services.status import BackupSummary, ContainerStatus, StackStatus, VolumeStatus
+from dcb.services.store import MANIFEST, MANIFEST_VERSION, Artifact, BackupSet
+from dcb.tui.sources import Sources
 
 FIXED_NOW = datetime(2026, 11, 26, 14, 30, 0, tzinfo=UTC)
 """The display clock in every snapshot."""

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from services.docker_exec import store_tag
+from dcb.services.docker_exec import store_tag
 from tests.conftest import run_dcb
 from tests.stackkit import DATABASES, TestStack
 

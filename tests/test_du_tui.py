@@ -10,9 +10,9 @@ import pytest
 from textual.app import App
 from textual.pilot import Pilot
 
-from services.du import DuNode, ScanProgress
-from tui.screens.du import DuScreen
-from widgets.du_browser import DuBrowser, DuListing
+from dcb.services.du import DuNode, ScanProgress
+from dcb.tui.screens.du import DuScreen
+from dcb.widgets.du_browser import DuBrowser, DuListing
 
 
 class DuApp(App[None]):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from services.config import RetentionConfig
-from services.retention import Decision, plan
-from services.store import BackupSet
+from dcb.services.config import RetentionConfig
+from dcb.services.retention import Decision, plan
+from dcb.services.store import BackupSet
 
 NOWHERE = Path("/nonexistent")
 

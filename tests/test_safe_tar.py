@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from services.safe_tar import (
+from dcb.services.safe_tar import (
     CorruptArchive,
     Entry,
     Listing,

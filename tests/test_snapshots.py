@@ -19,10 +19,17 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Checkbox, Input
 
-import tui.screens.du as du_screen
-from services import formatting as fmt
-from services.config import Config
-from services.du import ScanProgress
+import dcb.tui.screens.du as du_screen
+from dcb.services import formatting as fmt
+from dcb.services.config import Config
+from dcb.services.du import ScanProgress
+from dcb.tui.app import DcbApp
+from dcb.tui.screens.common import HelpScreen
+from dcb.tui.screens.dashboard import DashboardScreen
+from dcb.tui.screens.du import DuScreen
+from dcb.tui.screens.restore import RestoreWizard
+from dcb.tui.screens.tasks import BackupScopeScreen, SetDetailScreen
+from dcb.widgets.backups_table import BackupsTable
 from tests.snapshot_fixtures import (
     DU_ROOT,
     FIXED_NOW,
@@ -32,13 +39,6 @@ from tests.snapshot_fixtures import (
     write_du_tree,
     write_store,
 )
-from tui.app import DcbApp
-from tui.screens.common import HelpScreen
-from tui.screens.dashboard import DashboardScreen
-from tui.screens.du import DuScreen
-from tui.screens.restore import RestoreWizard
-from tui.screens.tasks import BackupScopeScreen, SetDetailScreen
-from widgets.backups_table import BackupsTable
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 RunBefore = Callable[[Pilot[Any]], Awaitable[None]]

@@ -11,17 +11,17 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Static
 
-from services.config import load_config
+from dcb.services.config import load_config
+from dcb.tui.app import DcbApp
+from dcb.tui.screens import dashboard
+from dcb.tui.screens.common import HelpScreen
+from dcb.tui.screens.dashboard import DashboardScreen
+from dcb.tui.screens.restore import RestoreWizard
+from dcb.tui.screens.tasks import BackupScreen, SetDetailScreen
+from dcb.widgets.backups_table import BackupsTable
+from dcb.widgets.status_panes import ContainersPane, StatusLine
 from tests.conftest import run_dcb
 from tests.stackkit import BUSYBOX_IMAGE, TestStack
-from tui.app import DcbApp
-from tui.screens import dashboard
-from tui.screens.common import HelpScreen
-from tui.screens.dashboard import DashboardScreen
-from tui.screens.restore import RestoreWizard
-from tui.screens.tasks import BackupScreen, SetDetailScreen
-from widgets.backups_table import BackupsTable
-from widgets.status_panes import ContainersPane, StatusLine
 
 
 async def wait_for(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float = 60.0,

@@ -13,19 +13,20 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from services.config import Config
-from tui.screens.common import ConfirmScreen, HelpScreen
-from tui.screens.dashboard import DashboardScreen
-from tui.screens.restore import RestoreWizard
-from tui.screens.tasks import (
+from dcb.services.config import Config
+from dcb.tui.screens.common import ConfirmScreen, HelpScreen
+from dcb.tui.screens.dashboard import DashboardScreen
+from dcb.tui.screens.restore import RestoreWizard
+from dcb.tui.screens.tasks import (
     BackupScopeScreen,
     BackupScreen,
     PruneScreen,
     TaskScreen,
     VerifyScreen,
 )
-from tui.sources import Sources
+from dcb.tui.sources import Sources
 
+# Shipped inside the package (dcb/styles.tcss): a wheel has no repository around it.
 CSS_FILE = Path(__file__).resolve().parent.parent / "styles.tcss"
 
 
@@ -108,7 +109,7 @@ class DcbApp(App[int]):
 
     def action_du(self) -> None:
         try:
-            from tui.screens.du import DuScreen
+            from dcb.tui.screens.du import DuScreen
         except ImportError:
             self.notify("disk-usage browser not available", severity="error")
             return
@@ -116,7 +117,7 @@ class DcbApp(App[int]):
 
     def action_objectives(self) -> None:
         try:
-            from tui.screens.objectives import ObjectivesScreen
+            from dcb.tui.screens.objectives import ObjectivesScreen
         except ImportError:
             self.notify("recovery objectives not available", severity="error")
             return

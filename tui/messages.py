@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from services.events import WatchEvent
-from services.progress import BytesProgress, Event
+from dcb.services.events import WatchEvent
+from dcb.services.progress import BytesProgress, Event
 
 
 class ServiceEvent(Message):

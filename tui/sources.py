@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from services.config import Config
-from services.disk import DiskUsage, disk_usage
-from services.docker_gateway import DockerGateway
-from services.events import WatchEvent, watch_containers
-from services.overview import StoreOverview, store_overview
-from services.status import StackStatus, collect_status
+from dcb.services.config import Config
+from dcb.services.disk import DiskUsage, disk_usage
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.events import WatchEvent, watch_containers
+from dcb.services.overview import StoreOverview, store_overview
+from dcb.services.status import StackStatus, collect_status
 
 
 class Sources:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from services import formatting as fmt
-from services.overview import SetRow
+from dcb.services import formatting as fmt
+from dcb.services.overview import SetRow
 
 STATUS_STYLE = {"complete": "green", "legacy": "cyan", "incomplete": "yellow",
                 "failed": "b red"}

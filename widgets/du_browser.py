@@ -16,9 +16,9 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from services import formatting as fmt
-from services.du import DuNode, ScanProgress, bar, display_name, percent, sorted_children
-from services.errors import DcbError
+from dcb.services import formatting as fmt
+from dcb.services.du import DuNode, ScanProgress, bar, display_name, percent, sorted_children
+from dcb.services.errors import DcbError
 
 BAR_WIDTH = 10
 

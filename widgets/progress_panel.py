@@ -9,8 +9,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Label, ProgressBar, RichLog
 
-from services import formatting as fmt
-from services.progress import (
+from dcb.services import formatting as fmt
+from dcb.services.progress import (
     BytesProgress,
     Event,
     LogLine,

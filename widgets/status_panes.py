@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from textual.widgets import DataTable, Static
 
-from services import formatting as fmt
-from services.disk import DiskUsage
-from services.docker_gateway import ContainerInfo
-from services.overview import StoreOverview
-from services.status import StackStatus
+from dcb.services import formatting as fmt
+from dcb.services.disk import DiskUsage
+from dcb.services.docker_gateway import ContainerInfo
+from dcb.services.overview import StoreOverview
+from dcb.services.status import StackStatus
 
 
 def state_markup(info: ContainerInfo | None) -> str:

@@ -15,19 +15,19 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
 
-from services.config import Config
-from services.disk import DiskUsage
-from services.errors import DcbError
-from services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
-from services.overview import StoreOverview
-from services.status import StackStatus
-from tui.messages import ContainerEvent
-from tui.sources import Sources
-from widgets.backups_table import BackupsTable
-from widgets.status_panes import ContainersPane, DiskPane, StatusLine
+from dcb.services.config import Config
+from dcb.services.disk import DiskUsage
+from dcb.services.errors import DcbError
+from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from dcb.services.overview import StoreOverview
+from dcb.services.status import StackStatus
+from dcb.tui.messages import ContainerEvent
+from dcb.tui.sources import Sources
+from dcb.widgets.backups_table import BackupsTable
+from dcb.widgets.status_panes import ContainersPane, DiskPane, StatusLine
 
 if TYPE_CHECKING:
-    from tui.app import DcbApp
+    from dcb.tui.app import DcbApp
 
 POLL_SECONDS = 10.0
 
@@ -211,7 +211,7 @@ class DashboardScreen(Screen[None]):
         if row is None:
             self.notify("no backup selected", severity="warning")
             return
-        from tui.screens.tasks import SetDetailScreen
+        from dcb.tui.screens.tasks import SetDetailScreen
 
         self.app.push_screen(SetDetailScreen(row.set))
 

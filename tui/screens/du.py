@@ -13,9 +13,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 from textual.worker import get_current_worker
 
-from services.du import ScanProgress, scan
-from services.errors import Cancelled, DcbError
-from widgets.du_browser import DuBrowser, DuListing
+from dcb.services.du import ScanProgress, scan
+from dcb.services.errors import Cancelled, DcbError
+from dcb.widgets.du_browser import DuBrowser, DuListing
 
 PROGRESS_INTERVAL = 0.2
 """Seconds between progress messages from the scan thread (at most 5 a second)."""

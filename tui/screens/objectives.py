@@ -8,9 +8,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from services import formatting as fmt
-from services.config import Config
-from services.objectives import Objectives, objectives
+from dcb.services import formatting as fmt
+from dcb.services.config import Config
+from dcb.services.objectives import Objectives, objectives
 
 
 class ObjectivesScreen(Screen[None]):

@@ -31,15 +31,15 @@ from textual.widgets import (
     Switch,
 )
 
-from services import formatting as fmt
-from services.config import Config
-from services.errors import DcbError, NotFound
-from services.progress import Event, StageFailed, StageFinished, StageStarted
-from services.restore import RestoreFlow, RestorePlan, RestoreReport, RestoreRequest
-from services.store import BackupSet, BackupStore
-from tui.messages import ServiceEvent
-from tui.screens.common import ConfirmScreen
-from widgets.progress_panel import ProgressPanel
+from dcb.services import formatting as fmt
+from dcb.services.config import Config
+from dcb.services.errors import DcbError, NotFound
+from dcb.services.progress import Event, StageFailed, StageFinished, StageStarted
+from dcb.services.restore import RestoreFlow, RestorePlan, RestoreReport, RestoreRequest
+from dcb.services.store import BackupSet, BackupStore
+from dcb.tui.messages import ServiceEvent
+from dcb.tui.screens.common import ConfirmScreen
+from dcb.widgets.progress_panel import ProgressPanel
 
 STEPS = ("scope", "checks", "confirm", "run", "result")
 

@@ -13,20 +13,20 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Label, RadioButton, RadioSet, Static
 
-from services import formatting as fmt
-from services.backup import BackupRequest, BackupRun
-from services.config import Config
-from services.docker_gateway import DockerGateway
-from services.errors import Cancelled, DcbError
-from services.postgres import PgGateway
-from services.progress import Event
-from services.prune import plan_prune, prune
-from services.retention import Decision
-from services.store import BackupSet, BackupStore
-from services.verify import SetCheck, verified_now, verify_set
-from tui.messages import ServiceEvent
-from tui.screens.common import ConfirmScreen
-from widgets.progress_panel import ProgressPanel
+from dcb.services import formatting as fmt
+from dcb.services.backup import BackupRequest, BackupRun
+from dcb.services.config import Config
+from dcb.services.docker_gateway import DockerGateway
+from dcb.services.errors import Cancelled, DcbError
+from dcb.services.postgres import PgGateway
+from dcb.services.progress import Event
+from dcb.services.prune import plan_prune, prune
+from dcb.services.retention import Decision
+from dcb.services.store import BackupSet, BackupStore
+from dcb.services.verify import SetCheck, verified_now, verify_set
+from dcb.tui.messages import ServiceEvent
+from dcb.tui.screens.common import ConfirmScreen
+from dcb.widgets.progress_panel import ProgressPanel
 
 
 class TaskDone(Message):
@@ -186,7 +186,7 @@ class VerifyScreen(TaskScreen):
         self.title_text = f"{'Deep verify' if deep else 'Verify'} {set_id}"
 
     def work(self) -> SetCheck:
-        from services.backup import append_history
+        from dcb.services.backup import append_history
 
         s = BackupStore.for_config(self.cfg).get(self.set_id)
         gw = pg = None

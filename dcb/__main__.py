@@ -1,0 +1,7 @@
+"""``python -m dcb``: the same as the ``dcb`` console script."""
+
+import sys
+
+from dcb.cli.main import main
+
+sys.exit(main())
