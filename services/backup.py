@@ -75,6 +75,14 @@ class BackupRequest:
     volumes: tuple[str, ...] | None = None
     """None: every configured volume."""
     globals: bool = True
+    purpose: str = "backup"
+    """``backup``, or ``safety``: a restore's snapshot of what it replaces, which retention
+    keeps until that restore's undo window ends (``[restore] keep_undo_hours``)."""
+    restore_id: str | None = None
+    """With ``purpose="safety"``: the restore this set can undo."""
+
+
+PURPOSES = ("backup", "safety")
 
 
 @dataclass
@@ -82,6 +90,8 @@ class _Plan:
     databases: tuple[str, ...]
     volumes: tuple[str, ...]
     globals: bool
+    purpose: str = "backup"
+    restore_id: str | None = None
     estimate_bytes: int = 0
     server_version: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
@@ -223,6 +233,8 @@ class BackupRun:
             "manifest_version": MANIFEST_VERSION,
             "id": set_id,
             "status": "complete",
+            "purpose": plan.purpose,
+            **({"restore_id": plan.restore_id} if plan.restore_id else {}),
             "created_at": started.isoformat(),
             "finished_at": self.clock().isoformat(),
             "duration_seconds": round(duration, 3),
@@ -263,8 +275,11 @@ class BackupRun:
                                  hint="configured: " + ", ".join(stack.volumes))
         if not dbs and not vols:
             raise UsageError("nothing to back up")
+        if request.purpose not in PURPOSES:
+            raise UsageError(f"unknown backup purpose {request.purpose!r}")
         return _Plan(databases=tuple(dbs), volumes=tuple(vols),
-                     globals=request.globals and bool(dbs))
+                     globals=request.globals and bool(dbs), purpose=request.purpose,
+                     restore_id=request.restore_id)
 
     def _recover(self, gw: DockerGateway) -> None:
         """Undo what a killed earlier run left behind: stopped containers, helpers."""

@@ -79,6 +79,15 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class RestoreConfig:
+    """How restores keep their way back."""
+
+    keep_undo_hours: float = 24.0
+    """A verified restore's undo point (and its safety set) is kept this long, then released;
+    retention never counts safety sets, it keeps them until this window ends."""
+
+
+@dataclass(frozen=True)
 class ObjectivesConfig:
     """Recovery targets the console measures against."""
 
@@ -92,6 +101,7 @@ SECTIONS: dict[str, type] = {
     "stack": StackConfig,
     "storage": StorageConfig,
     "retention": RetentionConfig,
+    "restore": RestoreConfig,
     "objectives": ObjectivesConfig,
 }
 
@@ -101,6 +111,7 @@ class Config:
     stack: StackConfig = field(default_factory=StackConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     path: Path | None = None
     """The file the configuration was read from, if any."""
@@ -295,6 +306,8 @@ def _validate(cfg: Config, where: str) -> None:
     for key, value in dataclasses.asdict(cfg.retention).items():
         if value < 0:
             raise ConfigError(f"{where}: [retention] {key} must be >= 0, got {value}")
+    if cfg.restore.keep_undo_hours < 0:
+        raise ConfigError(f"{where}: [restore] keep_undo_hours must be >= 0")
     if not cfg.stack.postgres_container:
         raise ConfigError(f"{where}: [stack] postgres_container must not be empty")
     if s.db_format not in ("custom", "plain"):

@@ -444,7 +444,8 @@ class RestoreFlow:
                     safety = BackupRun(self.cfg, self.report, self.cancel).run_locked(
                         self.gw, BackupRequest(
                             databases=tuple(a.name for a in plan.databases),
-                            volumes=tuple(a.name for a in plan.volumes)))
+                            volumes=tuple(a.name for a in plan.volumes),
+                            purpose="safety", restore_id=rid))
                     report.safety_set_id = safety.id
                     rec.detail = f"safety snapshot {safety.id}"
                     self.report(LogLine(f"safety snapshot {safety.id}: undo with "

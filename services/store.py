@@ -101,6 +101,12 @@ class BackupSet:
     def legacy(self) -> bool:
         return self.status == "legacy"
 
+    @property
+    def purpose(self) -> str:
+        """``backup``, or ``safety`` for a restore's snapshot of what it replaced (manifests
+        from before this field are backups)."""
+        return str(self.extra.get("purpose") or "backup")
+
     def artifact(self, kind: str, name: str) -> Artifact | None:
         for a in self.artifacts:
             if a.kind == kind and a.name == name:

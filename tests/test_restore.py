@@ -70,6 +70,10 @@ def test_full_round_trip(stack: TestStack, tmp_path: Path):
     listed = {s["id"]: s for s in json.loads(run_dcb("list", "--json", "--config",
                                                      str(cfg)).out)}
     assert listed[safety]["status"] == "complete"
+    # Labelled, so retention keeps it for the restore's undo window instead of counting it.
+    assert listed[safety]["purpose"] == "safety"
+    assert listed[safety]["restore_id"] == restore["id"]
+    assert listed[set_id]["purpose"] == "backup"
     md = run_dcb("history", "--restore", restore["id"], "--config", str(cfg))
     assert md.code == 0
     assert "## Timeline" in md.out and "replace volume" in md.out and "success" in md.out
