@@ -69,13 +69,51 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RetentionOverride:
+    """``[retention.databases]`` or ``[retention.volumes]``: a key set here replaces
+    ``[retention]``'s for those items; a key left out (None) inherits it."""
+
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+
+
+RETENTION_GROUPS = ("databases", "volumes")
+"""Item groups with their own optional policy: ``databases`` (each database and the roles)
+and ``volumes``."""
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
-    """How many sets ``dcb prune`` keeps (restic's ``forget --keep-*`` semantics)."""
+    """How many copies of each database and volume ``dcb prune`` keeps (restic's
+    ``forget --keep-*`` semantics, applied to each item separately)."""
 
     keep_last: int = 0
     keep_daily: int = 7
     keep_weekly: int = 4
     keep_monthly: int = 12
+    databases: RetentionOverride = field(default_factory=RetentionOverride)
+    """``[retention.databases]``: for each database and the roles (default: as above)."""
+    volumes: RetentionOverride = field(default_factory=RetentionOverride)
+    """``[retention.volumes]``: for each volume (default: as above)."""
+
+    def counts(self) -> tuple[int, int, int, int]:
+        return (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly)
+
+    def for_group(self, group: str) -> RetentionConfig:
+        """The effective policy of ``databases`` or ``volumes`` (overrides applied)."""
+        if group not in RETENTION_GROUPS:
+            raise ValueError(f"unknown retention group {group!r}")
+        o: RetentionOverride = getattr(self, group)
+
+        def pick(key: str) -> int:
+            v = getattr(o, key)
+            return int(getattr(self, key) if v is None else v)
+
+        return RetentionConfig(keep_last=pick("keep_last"), keep_daily=pick("keep_daily"),
+                               keep_weekly=pick("keep_weekly"),
+                               keep_monthly=pick("keep_monthly"))
 
 
 @dataclass(frozen=True)
@@ -155,11 +193,22 @@ class Config:
             raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for name in SECTIONS:
-            section = dataclasses.asdict(getattr(self, name))
-            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-        return out
+        """Every setting by section; a sub-table's keys are dotted (``volumes.keep_daily``)
+        and show their effective value (inherited from the section when unset)."""
+        return {name: _flatten(getattr(self, name)) for name in SECTIONS}
+
+
+def _flatten(obj: Any, prefix: str = "", parent: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.update(_flatten(v, f"{prefix}{f.name}.", obj))
+            continue
+        if v is None and parent is not None:
+            v = getattr(parent, f.name, None)
+        out[prefix + f.name] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def find_config_file(explicit: str | None = None) -> Path | None:
@@ -210,39 +259,80 @@ def load_config(
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
 
-    sources: dict[str, str] = {}
-    built: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        file_values: dict[str, Any] = raw.get(section, {})
-        for key in file_values:
-            if key not in hints:
-                raise ConfigError(
-                    f"{where}: unknown key [{section}] {key}",
-                    hint="known keys: " + ", ".join(hints),
-                )
-        values: dict[str, Any] = {}
-        for key, typ in hints.items():
-            dotted = f"{section}.{key}"
-            sources[dotted] = "default"
-            if key in file_values:
-                values[key] = _coerce(typ, file_values[key], f"{where}: [{section}] {key}")
-                sources[dotted] = f"file {path}"
-            env_name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
-            if env.get(env_name) not in (None, ""):
-                values[key] = _coerce_env(typ, env[env_name], f"environment {env_name}")
-                sources[dotted] = f"env {env_name}"
-            if overrides and overrides.get(dotted) is not None:
-                values[key] = _coerce(typ, overrides[dotted], f"option for {dotted}")
-                sources[dotted] = "command line"
-        built[section] = cls(**values)
-
-    cfg = Config(**built, path=path, sources=sources)
+    layers = _Layers(where, path, env, overrides or {})
+    built = {section: _build(cls, section, raw.get(section, {}), layers)
+             for section, cls in SECTIONS.items()}
+    cfg = Config(**built, path=path, sources=layers.sources)
     _validate(cfg, where)
     return cfg
 
 
+@dataclass
+class _Layers:
+    """What ``_build`` reads each value from, and where it records the value's source."""
+
+    where: str
+    path: Path | None
+    env: Mapping[str, str]
+    overrides: Mapping[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _build(cls: type, section: str, file_values: dict[str, Any], layers: _Layers,
+           parent: str | None = None) -> Any:
+    """One section (``stack``) or sub-table (``retention.volumes``, a dataclass-typed field)
+    from the layers. In a sub-table a key left unset (None) inherits the parent's key of the
+    same name; its source says so."""
+    hints = typing.get_type_hints(cls)
+    where = layers.where
+    for key in file_values:
+        if key not in hints:
+            known = [f"[{section}.{k}]" if dataclasses.is_dataclass(t) else k
+                     for k, t in hints.items()]
+            raise ConfigError(f"{where}: unknown key [{section}] {key}",
+                              hint="known keys: " + ", ".join(known))
+    values: dict[str, Any] = {}
+    subtables: list[tuple[str, type]] = []
+    for key, typ in hints.items():
+        dotted = f"{section}.{key}"
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+            subtables.append((key, typ))
+            continue
+        layers.sources[dotted] = "default"
+        if key in file_values:
+            values[key] = _coerce(typ, file_values[key], f"{where}: [{section}] {key}")
+            layers.sources[dotted] = f"file {layers.path}"
+        env_name = ENV_PREFIX + dotted.upper().replace(".", "_")
+        if layers.env.get(env_name) not in (None, ""):
+            values[key] = _coerce_env(typ, layers.env[env_name], f"environment {env_name}")
+            layers.sources[dotted] = f"env {env_name}"
+        if layers.overrides.get(dotted) is not None:
+            values[key] = _coerce(typ, layers.overrides[dotted], f"option for {dotted}")
+            layers.sources[dotted] = "command line"
+        if parent is not None and values.get(key) is None:
+            inherited = f"{parent}.{key}"
+            layers.sources[dotted] = (f"as {inherited} "
+                                      f"({layers.sources.get(inherited, 'default')})")
+    for key, typ in subtables:
+        sub = file_values.get(key, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{where}: [{section}] {key} must be a table "
+                              f"([{section}.{key}])")
+        values[key] = _build(typ, f"{section}.{key}", sub, layers, parent=section)
+    return cls(**values)
+
+
+def _optional_inner(typ: Any) -> Any:
+    """``int`` for ``int | None``; other types unchanged."""
+    if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
+        inner = [t for t in typing.get_args(typ) if t is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return typ
+
+
 def _type_name(typ: Any) -> str:
+    typ = _optional_inner(typ)
     if typ is float:
         return "a number"
     if typ is str:
@@ -255,6 +345,7 @@ def _type_name(typ: Any) -> str:
 
 
 def _coerce(typ: Any, value: Any, where: str) -> Any:
+    typ = _optional_inner(typ)
     if typing.get_origin(typ) is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
@@ -269,6 +360,7 @@ def _coerce(typ: Any, value: Any, where: str) -> Any:
 
 
 def _coerce_env(typ: Any, value: str, where: str) -> Any:
+    typ = _optional_inner(typ)
     if typing.get_origin(typ) is tuple:
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if typ is float:
@@ -303,9 +395,13 @@ def _validate(cfg: Config, where: str) -> None:
             f"{where}: [storage] compression_level {s.compression_level} out of range "
             f"{limits[0]}-{limits[1]} for {s.compression}"
         )
-    for key, value in dataclasses.asdict(cfg.retention).items():
-        if value < 0:
-            raise ConfigError(f"{where}: [retention] {key} must be >= 0, got {value}")
+    r = cfg.retention
+    for table, policy in (("retention", r), *((f"retention.{g}", getattr(r, g))
+                                              for g in RETENTION_GROUPS)):
+        for key in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+            value = getattr(policy, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"{where}: [{table}] {key} must be >= 0, got {value}")
     if cfg.restore.keep_undo_hours < 0:
         raise ConfigError(f"{where}: [restore] keep_undo_hours must be >= 0")
     if not cfg.stack.postgres_container:
