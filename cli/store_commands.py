@@ -17,8 +17,8 @@ from dcb.services.config import Config
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound, UsageError
 from dcb.services.postgres import PgGateway
-from dcb.services.prune import prune
-from dcb.services.store import BackupSet, BackupStore
+from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview, prune
+from dcb.services.store import BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
 
 
@@ -61,11 +61,22 @@ def register(add: AddCommand) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("prune", "remove sets the retention policy no longer keeps", cmd_prune,
-            "Apply [retention] (restic's --keep-last/daily/weekly/monthly semantics). The "
-            "newest complete set is never removed; failed sets and incomplete sets older "
-            "than a day are. --dry-run lists every set with the rule that keeps it.")
+            "Apply [retention] to each database, each volume and the roles separately "
+            "(restic's --keep-last/daily/weekly/monthly semantics, per item): a set is "
+            "removed only when no rule keeps any of its items, and the newest copy of each "
+            "item is never removed. A restore's safety snapshot is kept until its undo window "
+            "ends ([restore] keep_undo_hours). Failed sets and incomplete sets older than a "
+            "day are removed.\n\n"
+            "The plan is shown first: every set with the items and rules that keep it. On a "
+            "terminal, type yes to remove exactly the sets it shows (without one, pass "
+            "--yes). If the store changes before you confirm so that a shown removal no "
+            "longer holds, nothing is removed and the new plan is shown.\n\n"
+            "examples:\n  dcb prune --dry-run     # show the plan only\n"
+            "  dcb prune               # show the plan, ask, remove\n"
+            "  dcb prune --yes --json  # from cron or a script")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--yes", action="store_true", help="remove without asking")
+    p.add_argument("--json", action="store_true", help="print JSON (needs --dry-run or --yes)")
 
 
 def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
@@ -90,10 +101,10 @@ def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
         sys.stderr.write(f"backup {s.id} complete: {len(s.artifacts)} artifacts, "
                          f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}\n")
     if args.prune:
-        res = prune(cfg)
-        if res.removed and not args.quiet:
-            sys.stderr.write(f"pruned {len(res.removed)} sets, freed "
-                             f"{fmt.size(res.freed_bytes)}\n")
+        pruned = prune(cfg)
+        if pruned.removed and not args.quiet:
+            sys.stderr.write(f"pruned {len(pruned.removed)} sets, freed "
+                             f"{fmt.size(pruned.freed_bytes)}\n")
     return 0
 
 
@@ -210,32 +221,83 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _describe_set(s: BackupSet) -> list[str]:
-    return [s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), s.status, fmt.size(s.size_bytes)]
+def prune_text(plan: PrunePlan) -> str:
+    """Every set, and under it the items and rules that keep it (or why it goes)."""
+    rows, notes = [], []
+    for d in plan.decisions:
+        s = d.set
+        status = s.status if s.purpose == "backup" else f"{s.status} ({s.purpose})"
+        rows.append([s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), status,
+                     fmt.size(s.size_bytes), "keep" if d.keep else "REMOVE"])
+        notes.append([r for r in d.reasons if r != "remove"])
+    lines = table(rows, ["ID", "CREATED", "STATUS", "SIZE", "DECISION"]).splitlines()
+    indent = " " * (max(len(r[0]) for r in rows) + 2) if rows else ""
+    out = lines[:1]
+    for line, reasons in zip(lines[1:], notes, strict=True):
+        out.append(line)
+        out += [indent + r for r in reasons]
+    return "\n".join(out)
+
+
+def _prune_json(plan: PrunePlan, dry_run: bool, result: PruneResult | None) -> dict[str, Any]:
+    return {"dry_run": dry_run, **plan.to_json(),
+            "removed": list(result.removed) if result else [],
+            "freed_bytes": result.freed_bytes if result else 0,
+            "also_removable": list(result.also_removable) if result else []}
+
+
+def _prune_summary(res: PruneResult) -> str:
+    text = f"removed {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}"
+    if res.also_removable:
+        text += (f"; {len(res.also_removable)} more can go now that the store changed "
+                 "(not shown before, so left alone): run dcb prune again")
+    return text
 
 
 def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
-    res = prune(cfg, dry_run=args.dry_run)
+    if args.dry_run or args.yes:
+        if args.dry_run:
+            plan, res = preview(cfg), None
+        else:
+            res = prune(cfg)
+            plan = res.plan
+        if args.json:
+            print_json(_prune_json(plan, args.dry_run, res))
+        elif not plan.decisions:
+            print(f"no backups in {cfg.backup_dir}")
+        else:
+            print(prune_text(plan))
+            print(f"\n{len(plan.removals)} of {len(plan.decisions)} sets would be removed "
+                  "(dry run)" if res is None else "\n" + _prune_summary(res))
+        return 0
     if args.json:
-        print_json({
-            "dry_run": args.dry_run,
-            "sets": [{"id": d.set.id, "status": d.set.status, "keep": d.keep,
-                      "reasons": list(d.reasons)} for d in res.decisions],
-            "removed": list(res.removed), "freed_bytes": res.freed_bytes,
-        })
+        raise UsageError("dcb prune --json needs --dry-run or --yes", hint="nothing was removed")
+    if not sys.stdin.isatty():
+        raise UsageError("refusing to prune without confirmation: no terminal to ask on; "
+                         "pass --yes (or --dry-run to see the plan)", hint="nothing was removed")
+    plan = preview(cfg)
+    while True:
+        if not plan.decisions:
+            print(f"no backups in {cfg.backup_dir}")
+            return 0
+        print(prune_text(plan))
+        if not plan.removals:
+            print("\nnothing to remove")
+            return 0
+        answer = input(f"\nRemove these {len(plan.removals)} sets "
+                       f"({fmt.size(plan.bytes_to_free)})? Type yes to remove them, anything "
+                       "else cancels: ").strip()
+        if answer != "yes":
+            sys.stderr.write("dcb: cancelled, nothing was removed\n")
+            return 1
+        try:
+            res = execute(cfg, plan)
+        except PlanChanged as e:
+            sys.stderr.write(f"dcb: {e.message}; nothing was removed. The new plan:\n\n")
+            plan = e.current
+            continue
+        print(_prune_summary(res))
         return 0
-    if not res.decisions:
-        print(f"no backups in {cfg.backup_dir}")
-        return 0
-    rows = [[*_describe_set(d.set), ("keep: " if d.keep else "") + ", ".join(d.reasons)]
-            for d in res.decisions]
-    print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "DECISION"]))
-    n_remove = sum(1 for d in res.decisions if not d.keep)
-    if args.dry_run:
-        print(f"\n{n_remove} of {len(res.decisions)} sets would be removed (dry run)")
-    else:
-        print(f"\nremoved {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}")
-    return 0
 
 
 __all__ = ["DcbError", "register"]

@@ -28,7 +28,7 @@ from dcb.tui.screens.common import HelpScreen
 from dcb.tui.screens.dashboard import DashboardScreen
 from dcb.tui.screens.du import DuScreen
 from dcb.tui.screens.restore import RestoreWizard
-from dcb.tui.screens.tasks import BackupScopeScreen, SetDetailScreen
+from dcb.tui.screens.tasks import BackupScopeScreen, PruneScreen, SetDetailScreen
 from dcb.widgets.backups_table import BackupsTable
 from tests.snapshot_fixtures import (
     DU_ROOT,
@@ -171,6 +171,21 @@ def test_restore_wizard_scope(snap_compare: SnapCompare, cfg: Config,
     """
     assert snap_compare(app_for(cfg), terminal_size=size, run_before=open_screen(
         "r", RestoreWizard, ready=lambda s: len(s.query(Checkbox)) == 4))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_prune_preview(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """The prune screen on the fixed store: each set with the items and rules that keep it, the
+    highlighted set's reasons in full below; the failed and the stale incomplete set go."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await dashboard_ready(pilot)
+        screen = PruneScreen(cfg, now=FIXED_NOW)
+        await pilot.app.push_screen(screen)
+        await until(pilot, lambda: screen.plan is not None, "prune plan shown")
+        steady(pilot)
+
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=run_before)
 
 
 @pytest.mark.parametrize("size", SIZES)
