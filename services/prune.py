@@ -126,6 +126,9 @@ def execute(cfg: Config, shown: PrunePlan, now: datetime | None = None) -> Prune
     root = cfg.backup_dir
     if not shown.removals:
         return PruneResult(shown, (), 0)
+    if not root.is_dir():
+        raise PlanChanged(f"the backup dir {root} is gone",
+                          _plan_store(cfg, shown.policy, shown.keep_undo_hours, now))
     with StoreLock(root, "dcb prune"):
         current = _plan_store(cfg, shown.policy, shown.keep_undo_hours, now)
         problems = _stale(shown, current)

@@ -174,9 +174,15 @@ def test_restore_wizard_scope(snap_compare: SnapCompare, cfg: Config,
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_prune_preview(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
-    """The prune screen on the fixed store: each set with the items and rules that keep it, the
-    highlighted set's reasons in full below; the failed and the stale incomplete set go."""
+def test_prune_preview(snap_compare: SnapCompare, tmp_path: Path, size: tuple[int, int]) -> None:
+    """The prune screen on the fixed sets: each set with the items and rules that keep it, the
+    highlighted set's reasons in full below; the failed and the stale incomplete set go.
+
+    The screen shows no path, so the store lives in this test's own directory (the shared
+    fixed path may be rewritten by a concurrent session)."""
+    root = tmp_path / "backups"
+    write_store(make_sets(root), root)
+    cfg = write_config(tmp_path, backup_dir=root)
 
     async def run_before(pilot: Pilot[Any]) -> None:
         await dashboard_ready(pilot)

@@ -10,13 +10,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Label, RadioButton, RadioSet, Static
 
 from dcb.services import formatting as fmt
 from dcb.services.backup import BackupRequest, BackupRun
-from dcb.services.config import Config
+from dcb.services.config import Config, RetentionConfig
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import Cancelled, DcbError
 from dcb.services.postgres import PgGateway
@@ -226,6 +227,16 @@ class PrunePlanned(Message):
         self.note = note
 
 
+def _policy_text(r: RetentionConfig) -> str:
+    """``keep_last=0 daily=7 weekly=4 monthly=12``, per group when they differ."""
+    def one(p: RetentionConfig) -> str:
+        return (f"keep_last={p.keep_last} daily={p.keep_daily} weekly={p.keep_weekly} "
+                f"monthly={p.keep_monthly}")
+
+    dbs, vols = r.for_group("databases"), r.for_group("volumes")
+    return one(dbs) if dbs == vols else f"databases {one(dbs)}; volumes {one(vols)}"
+
+
 def _short_reasons(d: Decision) -> str:
     """The table's decision text: "all 5 items: daily 1" when every item of the set is kept by
     the same rules (the pane below the table lists them by name)."""
@@ -282,13 +293,12 @@ class PruneScreen(Screen[bool]):
         self.busy = False
         if msg.plan is None:
             err = msg.error or DcbError("no plan")
-            self.query_one("#summary", Static).update(f"[b red]✗ {err.message}[/]")
+            self.query_one("#summary", Static).update(f"[b red]✗ {escape(err.message)}[/]")
             return
         self.show_plan(msg.plan, msg.note)
 
     def show_plan(self, plan: PrunePlan, note: str = "") -> None:
         self.plan = plan
-        r = self.cfg.retention
         t = self.query_one(DataTable)
         t.clear()
         for d in plan.decisions:
@@ -300,13 +310,12 @@ class PruneScreen(Screen[bool]):
             t.add_row(s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), status,
                       fmt.size(s.size_bytes), decision, key=s.id)
         gone = plan.removals
-        text = (f"[b]Prune[/] with keep_last={r.keep_last} daily={r.keep_daily} "
-                f"weekly={r.keep_weekly} monthly={r.keep_monthly}, per database and volume: "
+        text = (f"[b]Prune[/] with {_policy_text(plan.policy)}, per database and volume: "
                 f"{len(gone)} of {len(plan.decisions)} sets would be removed, freeing "
                 f"{fmt.size(plan.bytes_to_free)}."
                 + (" Press x to remove them." if gone else ""))
         if note:
-            text = f"[b yellow]{note}[/]\n" + text
+            text = f"[b yellow]{escape(note)}[/]\n" + text
         self.query_one("#summary", Static).update(text)
         self._show_why(0)
         self.app.refresh_bindings()
