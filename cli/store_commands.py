@@ -284,9 +284,12 @@ def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
         if not plan.removals:
             print("\nnothing to remove")
             return 0
-        answer = input(f"\nRemove these {len(plan.removals)} sets "
-                       f"({fmt.size(plan.bytes_to_free)})? Type yes to remove them, anything "
-                       "else cancels: ").strip()
+        try:
+            answer = input(f"\nRemove these {len(plan.removals)} sets "
+                           f"({fmt.size(plan.bytes_to_free)})? Type yes to remove them, "
+                           "anything else cancels: ").strip()
+        except EOFError:  # Ctrl-D
+            answer = ""
         if answer != "yes":
             sys.stderr.write("dcb: cancelled, nothing was removed\n")
             return 1

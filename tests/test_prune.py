@@ -304,15 +304,16 @@ def test_cli_on_a_terminal_removes_what_it_showed_despite_a_new_backup(store: St
     assert store.present() == {"B", "C", "D"}
 
 
-def test_cli_on_a_terminal_cancels_on_anything_but_yes(store: Store) -> None:
+@pytest.mark.parametrize("answer", ["y\n", "\x04"], ids=["y", "ctrl-d"])
+def test_cli_on_a_terminal_cancels_on_anything_but_yes(store: Store, answer: str) -> None:
     term = Terminal("prune", "--config", cfg_path(store))
     try:
         term.expect(r"Type yes")
-        term.send("y\n")
+        term.send(answer)
         out = term.expect(r"cancelled")
     finally:
         code = term.close()
-    assert code == 1 and "nothing was removed" in out
+    assert code == 1 and "nothing was removed" in out and "Traceback" not in out
     assert store.present() == {"A", "B", "C"}
 
 
