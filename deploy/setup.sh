@@ -19,7 +19,7 @@ command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
 if [ $want_test = 1 ]; then
     pkgs+=(debootstrap busybox-static tmux rsync openssh-server openssh-client \
-           postgresql-client e2fsprogs util-linux procps)
+           postgresql-client e2fsprogs util-linux procps acl libcap2-bin)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

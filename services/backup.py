@@ -29,7 +29,7 @@ from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, ato
 from dcb.services.config import Config
 from dcb.services.disk import disk_usage
 from dcb.services.docker_exec import remove_stale_helpers, store_tag
-from dcb.services.docker_gateway import DockerGateway
+from dcb.services.docker_gateway import ContainerInfo, DockerGateway
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
 from dcb.services.postgres import (
@@ -51,6 +51,7 @@ from dcb.services.progress import (
     locked,
     null_reporter,
 )
+from dcb.services.safe_tar import StreamValidator, UnsafeArchive
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import (
     DIR_MODE,
@@ -63,7 +64,14 @@ from dcb.services.store import (
     new_set_id,
     read_manifest,
 )
-from dcb.services.volumes import LocalTar, TarSource, open_volume_tar
+from dcb.services.volumes import (
+    HelperTar,
+    LocalTar,
+    TarSource,
+    cluster_volumes,
+    open_volume_tar,
+    resolve_pg_data_volume,
+)
 
 STOP_TIMEOUT = 30
 
@@ -95,6 +103,9 @@ class _Plan:
     estimate_bytes: int = 0
     server_version: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
+    pg_data_volume: str | None = None
+    """The volume holding the cluster's data directory, from the container's mounts."""
+    pg_data_subdir: str = "."
 
 
 
@@ -300,6 +311,7 @@ class BackupRun:
                            hint=f"docker start {pgc.name}")
         pg.wait_ready(timeout=30)
         plan.server_version = pg.server_info().version
+        self._find_pg_data(pg, pgc, plan)
         db_sizes = pg.database_sizes()
         for d in plan.databases:
             if d not in db_sizes:
@@ -323,6 +335,18 @@ class BackupRun:
         self.report(StageFinished("precheck", 0, time.monotonic() - t0,
                                   detail=f"PostgreSQL {plan.server_version}"))
 
+    def _find_pg_data(self, pg: PgGateway, pgc: ContainerInfo, plan: _Plan) -> None:
+        """Which volume is PostgreSQL's own, from its mounts: never a raw copy of it."""
+        rows = pg.query("SELECT current_setting('data_directory') UNION ALL "
+                        "SELECT * FROM (SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                        "WHERE pg_tablespace_location(oid) <> '' ORDER BY 1) t").splitlines()
+        layout = cluster_volumes(pgc.mounts, rows[0].strip(),
+                                 tuple(r.strip() for r in rows[1:] if r.strip()))
+        explicit = self.cfg.sources.get("stack.postgres_data_volume", "default") != "default"
+        plan.pg_data_volume = resolve_pg_data_volume(
+            self.cfg.stack.postgres_data_volume, explicit, pgc, layout, plan.volumes)
+        plan.pg_data_subdir = layout.data_subdir
+
     def _make_set_dir(self, now: datetime) -> Path:
         taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
         while True:
@@ -339,10 +363,13 @@ class BackupRun:
         if self.cancel.is_set() or self._stage_cancel.is_set():
             raise Cancelled("backup cancelled")
 
-    def _pump(self, source: Any, writer: ArtifactWriter, meter: ByteMeter) -> None:
+    def _pump(self, source: Any, writer: ArtifactWriter, meter: ByteMeter,
+              also: Callable[[bytes], None] | None = None) -> None:
         for chunk in source.stdout():
             self._check_cancel()
             writer.write(chunk)
+            if also is not None:
+                also(chunk)
             meter.add(len(chunk))
         meter.flush()
 
@@ -467,10 +494,11 @@ class BackupRun:
         self.report(StageStarted(stage, plan.sizes.get(stage)))
         meter = ByteMeter(stage, self.report, plan.sizes.get(stage))
         fname = f"volume-{volume}.tar" + EXTENSIONS[st.compression]
-        is_pg_data = volume == self.cfg.stack.postgres_data_volume
+        is_pg_data = volume == plan.pg_data_volume
         stopped: list[str] = []
         source: dict[str, Any] = {}
         write_compression = st.compression
+        entries = 0
         try:
             if is_pg_data:
                 # Never a raw copy of a live data directory: an online physical backup.
@@ -481,6 +509,8 @@ class BackupRun:
                     write_compression = "none"  # the stream arrives compressed already
                 source["method"] = "pg_basebackup"
                 source["compressed_by"] = "pg_basebackup" if in_container else "dcb"
+                if plan.pg_data_subdir != ".":
+                    source["data_subdir"] = plan.pg_data_subdir
             else:
                 stopped = self._stop_users(gw, volume)
                 helper_image = st.helper_image or gw.container(
@@ -489,12 +519,25 @@ class BackupRun:
                                        store_tag(self.root))
                 source["method"] = "host tar" if isinstance(proc, LocalTar) else "helper"
             source["stopped_containers"] = stopped
+            # Whatever a restore would refuse is found now, on the stream as it is written.
+            check = StreamValidator(
+                "zstd" if write_compression != st.compression else "none",
+                hint="nothing was stored: move or remove it in the volume, then back up again")
             with ArtifactWriter(set_dir / fname, write_compression,
                                 st.compression_level) as w:
                 try:
-                    self._pump(proc, w, meter)
+                    self._pump(proc, w, meter, also=check.feed)
                     code = proc.wait(120)
+                    if code == 0:
+                        entries = check.finish()
+                except UnsafeArchive as e:
+                    raise DcbError(
+                        f"volume {volume} holds what a restore could not recreate: "
+                        + "; ".join(e.problems[:10])
+                        + (f"; and {len(e.problems) - 10} more" if len(e.problems) > 10
+                           else ""), hint=e.hint) from None
                 finally:
+                    check.close()
                     proc.close()
                 if code != 0:
                     raise DcbError(f"archiving volume {volume} failed (exit {code}): "
@@ -502,16 +545,24 @@ class BackupRun:
                 if w.raw_bytes == 0:
                     raise DcbError(f"archiving volume {volume} produced no output")
                 written = w.commit()
+            if isinstance(proc, HelperTar) and proc.lossy:
+                source["tar"] = "not GNU tar: no extended attributes, ACLs or sparse files"
+                self.report(LogLine(f"volume {volume}: the helper image {proc.image} has no "
+                                    "GNU tar; extended attributes, ACLs, capabilities and "
+                                    "sparse files were not kept (set [storage] helper_image)",
+                                    "warning"))
         finally:
             for name in stopped:
                 self._start_container(gw, name)
             if stopped:
                 self._clear_stopped(stopped)
-        self.report(StageFinished(stage, written.size_bytes, meter.seconds))
+        self.report(StageFinished(stage, written.size_bytes, meter.seconds,
+                                  detail=f"{entries} entries checked"))
         raw = written.raw_bytes
         if write_compression != st.compression:  # compressed before it reached us
-            raw = plan.sizes.get(stage) or written.size_bytes * 4
-        source.update({"raw_bytes": raw, "seconds": round(meter.seconds, 3), "format": "tar"})
+            raw = check.raw_bytes  # as the check decompressed it
+        source.update({"raw_bytes": raw, "seconds": round(meter.seconds, 3), "format": "tar",
+                       "entries": entries})
         return Artifact(kind="volume", name=volume, file=fname, size_bytes=written.size_bytes,
                         sha256=written.sha256, compression=st.compression, source=source)
 

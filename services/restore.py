@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ from dcb.services.safe_tar import (
     Listing,
     clear_directory,
     extract_archive,
+    read_xattrs,
     remove_extraneous,
     validate_archive,
 )
@@ -744,10 +746,19 @@ class RestoreFlow:
 
 
 def compare_tree(root: Path, listing: Listing) -> list[str]:
-    """Differences between a directory and an archive's listing (type, mode, owner, size)."""
+    """Differences between a directory and an archive's listing: type, owner, mode, size,
+    mtime, symlink target, hard links, extended attributes (ACLs and capabilities too)."""
     diffs: list[str] = []
     expected = listing.files()
     seen: set[str] = set()
+    if listing.root is not None:
+        r = listing.root
+        st = root.stat()
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (r.uid, r.gid, r.mode):
+            diffs.append(f".: owner {st.st_uid}:{st.st_gid} mode {oct(st.st_mode & 0o7777)}, "
+                         f"archive {r.uid}:{r.gid} {oct(r.mode)}")
+        elif read_xattrs(str(root), r.xattrs) != r.xattrs:
+            diffs.append(".: extended attributes or ACLs differ from the archive")
     for dirpath, dirnames, filenames in os.walk(root):
         for n in (*dirnames, *filenames):
             full = Path(dirpath) / n
@@ -758,8 +769,8 @@ def compare_tree(root: Path, listing: Listing) -> list[str]:
                 diffs.append(f"{rel}: not in the archive")
                 continue
             st = full.lstat()
-            kind = ("symlink" if full.is_symlink() else "dir" if full.is_dir()
-                    else "file")
+            kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode)
+                    else "file" if stat.S_ISREG(st.st_mode) else "special file")
             etype = "file" if e.type == "hardlink" else e.type
             if kind != etype:
                 diffs.append(f"{rel}: is a {kind}, archive has a {e.type}")
@@ -771,6 +782,13 @@ def compare_tree(root: Path, listing: Listing) -> list[str]:
                 diffs.append(f"{rel}: {st.st_size} bytes, archive {e.size}")
             elif kind == "symlink" and os.readlink(full) != e.linkname:
                 diffs.append(f"{rel}: link to {os.readlink(full)}, archive {e.linkname}")
+            elif kind != "dir" and int(st.st_mtime) != e.mtime:
+                diffs.append(f"{rel}: modified at {int(st.st_mtime)}, archive {e.mtime}")
+            elif e.type == "hardlink" and e.linkname is not None and not os.path.samefile(
+                    full, root / e.linkname):
+                diffs.append(f"{rel}: not a hard link to {e.linkname}")
+            elif e.type != "hardlink" and read_xattrs(str(full), e.xattrs) != e.xattrs:
+                diffs.append(f"{rel}: extended attributes or ACLs differ from the archive")
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
     diffs += [f"{p}: missing" for p in expected if p not in seen]
     return diffs
