@@ -9,7 +9,7 @@ Two ways, chosen by ``[storage] volume_access``:
   is attached (no log driver), nothing else crosses.
 
 Both run GNU tar with :data:`TAR_FLAGS`: a pax archive keeping numeric owners, modes with
-setuid/setgid/sticky, nanosecond mtimes, symlinks verbatim, hard links, empty dirs, any file
+setuid/setgid/sticky, mtimes (to the second), symlinks verbatim, hard links, empty dirs, any file
 name, sparse files as sparse, and every extended attribute: ``user.*``, ``trusted.*`` (host tar
 only: a container lacks the privilege to read them), ``security.*`` with file capabilities,
 and POSIX ACLs as their raw ``system.posix_acl_*`` values with numeric ids (``--acls`` would
@@ -35,8 +35,10 @@ from dcb.services.errors import ConfigError, DcbError
 
 READ_CHUNK = 1024 * 1024
 TAR_FLAGS = ("--format=posix", "--numeric-owner", "--sparse", "--xattrs", "--xattrs-include=*",
-             "--pax-option=delete=atime,delete=ctime")
-"""GNU tar options of every volume archive (atime/ctime would only make each archive differ)."""
+             "--pax-option=delete=atime,delete=ctime,delete=mtime")
+"""GNU tar options of every volume archive. Times are kept to the second (the ustar header's
+mtime): nanosecond pax records would give every member a second header, tripling the cost of
+checking the stream as it is written (and atime/ctime would only make each archive differ)."""
 NOT_GNU_TAR = "dcb: tar in the helper image is not GNU tar"
 
 
