@@ -51,7 +51,7 @@ from dcb.services.progress import (
     locked,
     null_reporter,
 )
-from dcb.services.safe_tar import StreamValidator, UnsafeArchive
+from dcb.services.safe_tar import CorruptArchive, StreamValidator, UnsafeArchive
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import (
     DIR_MODE,
@@ -530,6 +530,9 @@ class BackupRun:
                     code = proc.wait(120)
                     if code == 0:
                         entries = check.finish()
+                except CorruptArchive as e:
+                    raise DcbError(f"archiving volume {volume}: the stream is not a readable "
+                                   f"tar archive: {e}") from None
                 except UnsafeArchive as e:
                     raise DcbError(
                         f"volume {volume} holds what a restore could not recreate: "
