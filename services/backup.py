@@ -74,6 +74,7 @@ from dcb.services.volumes import (
 )
 
 STOP_TIMEOUT = 30
+DEFAULT_PGDATA = "/var/lib/postgresql/data"  # the official image's
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ class BackupRun:
                            hint=f"docker start {pgc.name}")
         pg.wait_ready(timeout=30)
         plan.server_version = pg.server_info().version
-        self._find_pg_data(pg, pgc, plan)
+        self._find_pg_data(gw, pg, pgc, plan)
         db_sizes = pg.database_sizes()
         for d in plan.databases:
             if d not in db_sizes:
@@ -335,11 +336,19 @@ class BackupRun:
         self.report(StageFinished("precheck", 0, time.monotonic() - t0,
                                   detail=f"PostgreSQL {plan.server_version}"))
 
-    def _find_pg_data(self, pg: PgGateway, pgc: ContainerInfo, plan: _Plan) -> None:
+    def _find_pg_data(self, gw: DockerGateway, pg: PgGateway, pgc: ContainerInfo,
+                      plan: _Plan) -> None:
         """Which volume is PostgreSQL's own, from its mounts: never a raw copy of it."""
-        rows = pg.query("SELECT current_setting('data_directory') UNION ALL "
-                        "SELECT * FROM (SELECT pg_tablespace_location(oid) FROM pg_tablespace "
-                        "WHERE pg_tablespace_location(oid) <> '' ORDER BY 1) t").splitlines()
+        spaces = ("SELECT * FROM (SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                  "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1) t")
+        try:
+            rows = pg.query(f"SELECT current_setting('data_directory') UNION ALL {spaces}"
+                            ).splitlines()
+        except DcbError:  # a role without pg_read_all_settings: the container's PGDATA
+            env = gw.client.containers.get(pgc.name).attrs.get("Config", {}).get("Env") or []
+            pgdata = next((e.partition("=")[2] for e in env if e.startswith("PGDATA=")),
+                          DEFAULT_PGDATA)
+            rows = [pgdata, *pg.query(spaces).splitlines()]
         layout = cluster_volumes(pgc.mounts, rows[0].strip(),
                                  tuple(r.strip() for r in rows[1:] if r.strip()))
         explicit = self.cfg.sources.get("stack.postgres_data_volume", "default") != "default"
