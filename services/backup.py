@@ -534,14 +534,19 @@ class BackupRun:
                 hint="nothing was stored: move or remove it in the volume, then back up again")
             with ArtifactWriter(set_dir / fname, write_compression,
                                 st.compression_level) as w:
+                damaged: CorruptArchive | None = None
                 try:
-                    self._pump(proc, w, meter, also=check.feed)
+                    try:
+                        self._pump(proc, w, meter, also=check.feed)
+                    except CorruptArchive as e:
+                        damaged = e  # the producer's own failure, if any, says more
+                        for _ in proc.stdout():
+                            self._check_cancel()
                     code = proc.wait(120)
-                    if code == 0:
+                    if code == 0 and damaged is None:
                         entries = check.finish()
                 except CorruptArchive as e:
-                    raise DcbError(f"archiving volume {volume}: the stream is not a readable "
-                                   f"tar archive: {e}") from None
+                    damaged = e
                 except UnsafeArchive as e:
                     raise DcbError(
                         f"volume {volume} holds what a restore could not recreate: "
@@ -554,6 +559,9 @@ class BackupRun:
                 if code != 0:
                     raise DcbError(f"archiving volume {volume} failed (exit {code}): "
                                    f"{first_error(proc.stderr_text)}")
+                if damaged is not None:
+                    raise DcbError(f"archiving volume {volume}: the stream is not a readable "
+                                   f"tar archive: {damaged}")
                 if w.raw_bytes == 0:
                     raise DcbError(f"archiving volume {volume} produced no output")
                 written = w.commit()
