@@ -60,11 +60,11 @@ class LocalTar:
         self._stderr = b""
 
     def stdout(self) -> Iterator[bytes]:
-        """Whole 1 MiB chunks: tar writes 10 KiB records, and every chunk costs a trip through
-        the compressor, the hash, the meter and the archive check."""
         assert self.proc.stdout is not None
         while True:
-            b = self.proc.stdout.read(READ_CHUNK)
+            # What is there (tar writes 10 KiB records): whole 1 MiB reads cost ~50 MB more
+            # peak RSS in the multithreaded compressor for no measurable gain.
+            b = self.proc.stdout.read1(READ_CHUNK)  # type: ignore[attr-defined]
             if not b:
                 return
             yield b
