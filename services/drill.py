@@ -18,13 +18,13 @@ from typing import Any
 
 import docker.errors
 
-from dcb.services.backup import append_history
 from dcb.services.config import Config
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import LogLine, Reporter, null_reporter
 from dcb.services.restore import RestoreFlow, RestoreReport, RestoreRequest, Target
+from dcb.services.state import state_for
 from dcb.services.store import BackupStore
 
 DRILL_LABEL = "dcb.drill"
@@ -54,7 +54,7 @@ def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_
             raise NotFound(f"no complete backup set in {cfg.backup_dir} to drill")
         set_id = complete[0].id
     s = store.get(set_id)
-    gw = DockerGateway.connect()
+    gw = DockerGateway.connect(cfg.timeouts.docker_api)
     remove_stale_sandboxes(gw)
     prefix = f"dcb-drill-{secrets.token_hex(4)}"
     created_containers: list[str] = []
@@ -88,7 +88,7 @@ def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_
                         postgres_data_volume=cfg.stack.postgres_data_volume, sandbox=True)
         if cfg.stack.postgres_data_volume not in volumes:
             gw.client.containers.get(pg_name).start()
-            PgGateway(gw, pg_name, cfg.stack.postgres_user).wait_ready(120)
+            PgGateway(gw, pg_name, cfg.stack.postgres_user).wait_ready(cfg.timeouts.postgres_ready)
         flow = RestoreFlow(cfg, reporter, cancel, target=target, gw=gw)
         plan = flow.prepare(RestoreRequest(set_id=s.id, safety_backup=False))
         report = flow.execute(plan, plan.confirm_token)
@@ -106,11 +106,11 @@ def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_
                 gw.client.volumes.get(v).remove(force=True)
         gw.close()
     ok = error is None and report is not None and report.ok
-    with contextlib.suppress(OSError):
-        append_history(cfg.backup_dir, {"kind": "drill", "id": prefix, "set_id": s.id, "ok": ok,
-                                        "rto_seconds": round(rto, 2), "error": error,
-                                        "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
-                                                            time.gmtime())})
+    with contextlib.suppress(DcbError):
+        state_for(cfg).append_history({"kind": "drill", "id": prefix, "set_id": s.id, "ok": ok,
+                                       "rto_seconds": round(rto, 2), "error": error,
+                                       "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                                                           time.gmtime())})
     return DrillResult(set_id=s.id, ok=ok, rto_seconds=rto, report=report, error=error,
                        sandbox=prefix)
 

@@ -30,10 +30,11 @@ READ_CHUNK = 1024 * 1024
 
 class TarSource(Protocol):
     def stdout(self) -> Iterator[bytes]: ...
-    def wait(self, timeout: float = 60) -> int: ...
+    def wait(self, timeout: float | None = None) -> int: ...
     @property
     def stderr_text(self) -> str: ...
     def close(self) -> None: ...
+    def abort(self, reason: DcbError | None = None) -> None: ...
 
 
 class LocalTar:
@@ -44,6 +45,7 @@ class LocalTar:
             ["tar", "--numeric-owner", "--sparse", "-C", directory, "-cf", "-", "."],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self._stderr = b""
+        self.abort_reason: DcbError | None = None
 
     def stdout(self) -> Iterator[bytes]:
         assert self.proc.stdout is not None
@@ -53,14 +55,22 @@ class LocalTar:
                 return
             yield b
 
-    def wait(self, timeout: float = 60) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         try:
             _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise DcbError(f"tar did not finish in {timeout}s") from None
+        if self.abort_reason is not None:
+            raise self.abort_reason
         self._stderr = err or b""
         return self.proc.returncode
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        """Stop tar from another thread (a ``StepGuard``); ``wait()`` then raises ``reason``."""
+        self.abort_reason = reason
+        with contextlib.suppress(OSError):
+            self.proc.kill()
 
     @property
     def stderr_text(self) -> str:
@@ -87,8 +97,11 @@ class HelperTar:
     def stdout(self) -> Iterator[bytes]:
         return self.helper.stdout()
 
-    def wait(self, timeout: float = 60) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         return self.helper.wait(timeout)
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        self.helper.abort(reason)
 
     @property
     def stderr_text(self) -> str:
