@@ -78,8 +78,8 @@ def _check_artifact(s: BackupSet, a: Artifact, deep: bool, pg: PgGateway | None,
     path = s.path / a.file
     stage = f"verify {a.file}"
     reporter(StageStarted(stage, a.size_bytes))
-    if not path.is_file():
-        return ArtifactCheck(a, False, "missing")
+    if path.is_symlink() or not path.is_file():
+        return ArtifactCheck(a, False, "a symlink: refused" if path.is_symlink() else "missing")
     size, digest = sha256_file(path)
     if size != a.size_bytes:
         return ArtifactCheck(a, False, f"size {size} bytes, manifest says {a.size_bytes} "
