@@ -180,9 +180,9 @@ class BackupRun:
         except StorageError as e:
             if plan.purpose != "safety":
                 raise
-            raise StorageError(f"no safety snapshot possible: {e.message}",
-                               hint="a restore from a read-only backup dir: pass "
-                                    "--no-safety-backup (it cannot be undone then)") from None
+            # The restore reports only the message: the way out goes in it.
+            raise StorageError(f"no safety snapshot possible: {e.message}; restore with "
+                               "--no-safety-backup (it cannot be undone then)") from None
         return self._run_locked(gw, plan)
 
     def _run_locked(self, gw: DockerGateway, plan: _Plan) -> BackupSet:

@@ -39,10 +39,11 @@ def ro_store(stack: TestStack, tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 def test_list_verify_restore_and_drill_from_a_read_only_store(
         stack: TestStack, tmp_path: Path, ro_store: tuple[Path, str]) -> None:
+    """The README's runbook "Backups only on a read-only disk", step by step."""
     ro, set_id = ro_store
     state_home = tmp_path / "xdg-state"
-    env = {"XDG_STATE_HOME": str(state_home)}
-    cfg = stack.write_config(tmp_path / "rescue", storage={"backup_dir": str(ro)})
+    env = {"XDG_STATE_HOME": str(state_home), "DCB_STORAGE_BACKUP_DIR": str(ro)}
+    cfg = stack.write_config(tmp_path / "rescue")  # its own backup_dir is overridden
     before = tree(ro)
     with pytest.raises(OSError):
         (ro / "probe").write_text("x")  # really read-only
@@ -53,7 +54,7 @@ def test_list_verify_restore_and_drill_from_a_read_only_store(
     assert [(s["id"], s["status"]) for s in json.loads(r.out)] == [(set_id, "complete")]
 
     # verify --deep: recorded in the state dir, shown by list.
-    r = run_dcb("verify", set_id, "--deep", "--config", str(cfg), env=env)
+    r = run_dcb("verify", "--deep", set_id, "--config", str(cfg), env=env)
     assert r.code == 0, r.err
     assert "Traceback" not in r.err
     (state,) = (state_home / "dcb" / "stores").iterdir()
@@ -87,6 +88,7 @@ def test_list_verify_restore_and_drill_from_a_read_only_store(
                 env=env)
     assert r.code == 1
     assert "no safety snapshot possible" in r.err and "Read-only file system" in r.err
+    assert "--no-safety-backup" in r.err and "Traceback" not in r.err
     assert stack.table_digest("dart_cloud") == before_db
 
     # drill
