@@ -26,12 +26,9 @@ from dcb.services.artifacts import StorageError
 from dcb.services.config import Config
 from dcb.services.errors import UsageError
 from dcb.services.stopped import STOPPED_MARKER
-from dcb.services.store import DIR_MODE, HISTORY, LOCKFILE
+from dcb.services.store import DIR_MODE, HISTORY, LOCKFILE, RUN_ID_RE
 
 RESTORES_DIR = "restores"
-
-# A restore's (or drill's) id names its incident log file: one plain name, never a path.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def check_run_id(value: str, what: str = "restore id") -> str:

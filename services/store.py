@@ -3,13 +3,15 @@
 Layout::
 
     <backup_dir>/
-        .lock                      flock'ed by the one run allowed at a time
-        history.jsonl              every run, failures included (append-only)
+        .lock                      flock'ed by the one run allowed at a time (*)
+        history.jsonl              every run, failures included (append-only) (*)
         <set id>/                  e.g. 20261126T131500Z; sortable UTC ids
             manifest.json          written last: a set without it is incomplete
             db-dart_cloud.dump.zst
             volume-functions_data.tar.zst
             ...
+
+    (*) in the state dir instead when the backup dir is read-only (services/state.py)
 
 A set counts as good only when its manifest exists, parses, passes the schema below and says
 ``complete``. Sets made by the old bash scripts (flat ``*_YYYYMMDD_HHMMSS.sql.gz`` files) are
@@ -42,6 +44,8 @@ HISTORY = "history.jsonl"
 LOCKFILE = ".lock"
 SET_ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 LEGACY_ID_RE = re.compile(r"^legacy-\d{8}_\d{6}$")
+# A restore's (or drill's) id: it names an incident log file, so one plain name, never a path.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MANIFEST_VERSION = 1
 MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 KINDS = ("globals", "database", "volume")
@@ -396,7 +400,9 @@ def _from_manifest(set_dir: Path, data: Any) -> BackupSet:
     created = _time(data, "created_at", "")
     _time(data, "finished_at", "", required=False)
     _enum(data, "purpose", ("backup", "safety"), "", required=False)
-    _field(data, "restore_id", str, "", required=False, nullable=True)
+    restore_id = _field(data, "restore_id", str, "", required=False, nullable=True)
+    if restore_id is not None and (not RUN_ID_RE.fullmatch(restore_id) or ".." in restore_id):
+        raise _Invalid("restore_id is not a restore id")
     for key in ("host", "dcb_version", "error"):
         _field(data, key, str, "", required=False, nullable=True)
     duration = _field(data, "duration_seconds", (int, float), "", required=False, nullable=True)

@@ -106,6 +106,7 @@ BAD = [
     ("created-garbage", top("created_at", "yesterday"), "not an ISO 8601 time"),
     ("id-elsewhere", top("id", "20250101T000000Z"), "does not match its directory"),
     ("purpose", top("purpose", "fun"), "purpose 'fun' is not one of"),
+    ("restore-id", top("restore_id", "../../x"), "restore_id is not a restore id"),
     ("long-host", top("host", "h" * 5000), "host is too long"),
     ("artifacts-object", top("artifacts", {"a": 1}), "artifacts has the wrong type"),
     ("artifact-string", top("artifacts", ["x"]), "artifacts[0] is not an object"),

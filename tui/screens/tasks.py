@@ -193,7 +193,7 @@ class VerifyScreen(TaskScreen):
         s = BackupStore.for_config(self.cfg).get(self.set_id)
         gw = pg = None
         if self.deep:
-            gw = DockerGateway.connect()
+            gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
             st = self.cfg.stack
             pg = PgGateway(gw, st.postgres_container, st.postgres_user,
                            self.cfg.postgres_password())
