@@ -17,7 +17,7 @@ AddCommand = Callable[..., argparse.ArgumentParser]
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    gw = DockerGateway.connect()
+    gw = DockerGateway.connect(cfg.timeouts.docker_api)
     try:
         st = collect_status(cfg, gw)
     finally:

@@ -2,15 +2,26 @@
 
 Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 Docker unreachable,
 4 something configured is missing, 5 another run holds the lock, 130 interrupted.
+
+Errors are one line on stderr (plus a hint), never a traceback. An exception nobody expected
+is a bug: its traceback goes to a crash log in the user's log dir
+(``~/.local/state/dcb/log/crash-*.log``) and the line says where.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import threading
+import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 import docker.errors
+import platformdirs
 import requests.exceptions
 
 from dcb import __version__
@@ -89,9 +100,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def crash_log(exc: BaseException, where: str = "") -> Path | None:
+    """Write ``exc``'s traceback to a new file in the user's log dir (a temp file when that
+    is not writable); its path, or None when nothing could be written."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = (f"dcb {__version__} {where}\nargv: {sys.argv[1:]}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    for d in (Path(platformdirs.user_log_dir("dcb")), Path(tempfile.gettempdir())):
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, name = tempfile.mkstemp(prefix=f"crash-{stamp}-", suffix=".log", dir=d)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            return Path(name)
+        except OSError:
+            continue
+    return None
+
+
+def _unexpected(exc: BaseException, what: str = "") -> None:
+    """One line for an exception no service translated; the traceback goes to a log."""
+    log = crash_log(exc, what)
+    if isinstance(exc, OSError) and exc.strerror:
+        target = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"dcb: {what}{target}{exc.strerror}\n")
+    else:
+        first = (str(exc).splitlines() or [""])[0][:300]
+        sys.stderr.write(f"dcb: {what}internal error: {type(exc).__name__}"
+                         + (f": {first}" if first else "") + "\n")
+    where = f"the full traceback is in {log}" if log else "no crash log could be written"
+    sys.stderr.write(f"hint: {where}; please report it\n")
+
+
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or isinstance(args.exc_value, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    _unexpected(args.exc_value, f"in {name}: ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    threading.excepthook = _thread_crashed
     try:
         cfg = load_config(getattr(args, "config", None))
         if args.command is None:
@@ -114,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"dcb: Docker engine error: {first}\n")
         return DockerUnavailable.exit_code
     except BrokenPipeError:
+        return 1
+    except Exception as e:  # the last resort: a bug, reported in one line and logged
+        _unexpected(e)
         return 1
 
 

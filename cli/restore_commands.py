@@ -14,16 +14,15 @@ from dcb.cli.progress import ProgressPrinter
 from dcb.cli.render import print_json, table
 from dcb.cli.signals import CancelOnSignals
 from dcb.services import formatting as fmt
-from dcb.services.backup import read_history
 from dcb.services.config import Config
 from dcb.services.errors import DcbError, NotFound, UsageError
 from dcb.services.restore import (
-    RESTORES_DIR,
     RestoreFlow,
     RestorePlan,
     RestoreReport,
     RestoreRequest,
 )
+from dcb.services.state import state_for
 
 
 def register(add: AddCommand) -> None:
@@ -182,7 +181,7 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_history(args: argparse.Namespace, cfg: Config) -> int:
     if args.restore:
-        path = cfg.backup_dir / RESTORES_DIR / f"{args.restore}.json"
+        path = state_for(cfg).incident_path(args.restore)
         if not path.exists():
             raise NotFound(f"no incident log {args.restore} in {path.parent}",
                            hint="`dcb history` lists restores")
@@ -192,7 +191,7 @@ def cmd_history(args: argparse.Namespace, cfg: Config) -> int:
         else:
             print(incident_markdown(data))
         return 0
-    hist = read_history(cfg.backup_dir)
+    hist = state_for(cfg).read_history()
     if args.json:
         print_json(hist)
         return 0

@@ -12,12 +12,13 @@ from dcb.cli.progress import ProgressPrinter
 from dcb.cli.render import print_json, table
 from dcb.cli.signals import CancelOnSignals
 from dcb.services import formatting as fmt
-from dcb.services.backup import BackupRequest, BackupRun, append_history, read_history
+from dcb.services.backup import BackupRequest, BackupRun
 from dcb.services.config import Config
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound, UsageError
 from dcb.services.postgres import PgGateway
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview, prune
+from dcb.services.state import state_for
 from dcb.services.store import BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
 
@@ -110,7 +111,7 @@ def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
 
 def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for h in read_history(cfg.backup_dir):
+    for h in state_for(cfg).read_history():
         if h.get("kind") == "verify":
             out[h["id"]] = h
     return out
@@ -185,7 +186,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     needs_pg = args.deep and any(a.source.get("format") == "custom"
                                  for s in targets for a in s.artifacts)
     if needs_pg:
-        gw = DockerGateway.connect()
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
         pg = PgGateway(gw, cfg.stack.postgres_container, cfg.stack.postgres_user,
                        cfg.postgres_password())
     printer = ProgressPrinter(quiet=args.json)
@@ -195,9 +196,9 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
             r = verify_set(s, deep=args.deep, pg=pg, reporter=printer)
             results.append(r)
             if s.status in ("complete", "legacy"):
-                append_history(cfg.backup_dir, {"kind": "verify", "id": s.id, "ok": r.ok,
-                                                "deep": args.deep, "at": verified_now(),
-                                                "problems": r.problems()})
+                state_for(cfg).append_history({"kind": "verify", "id": s.id, "ok": r.ok,
+                                               "deep": args.deep, "at": verified_now(),
+                                               "problems": r.problems()})
     finally:
         printer.close()
         if gw is not None:

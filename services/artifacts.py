@@ -161,9 +161,15 @@ class ArtifactWriter:
             self.abort()
 
 
+def _no_follow(path: str, flags: int) -> int:
+    """Artifacts are opened as themselves, never through a symlink (a set's files are input:
+    a link could point anywhere on the host)."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def open_decompressed(path: Path, compression: str) -> BinaryIO:
     """A streaming reader of the artifact's original bytes."""
-    f = open(path, "rb")  # noqa: SIM115 - handed to the caller
+    f = open(path, "rb", opener=_no_follow)  # noqa: SIM115 - handed to the caller
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(f, closefd=True)
     if compression == "gzip":
@@ -182,7 +188,7 @@ def iter_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
 def sha256_file(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
-    with open(path, "rb") as f:
+    with open(path, "rb", opener=_no_follow) as f:
         for b in iter_chunks(f):
             h.update(b)
             n += len(b)

@@ -28,7 +28,7 @@ from dcb import __version__
 from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
 from dcb.services.config import Config
 from dcb.services.disk import disk_usage
-from dcb.services.docker_exec import remove_stale_helpers, store_tag
+from dcb.services.docker_exec import StepGuard, remove_stale_helpers, store_tag
 from dcb.services.docker_gateway import ContainerInfo, DockerGateway
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
@@ -52,6 +52,7 @@ from dcb.services.progress import (
     null_reporter,
 )
 from dcb.services.safe_tar import CorruptArchive, StreamValidator, UnsafeArchive
+from dcb.services.state import state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import (
     DIR_MODE,
@@ -166,16 +167,17 @@ class BackupRun:
         self.cancel = cancel or threading.Event()
         self.clock = clock
         self.root = cfg.backup_dir
+        self.state = state_for(cfg)
         self.store = BackupStore.for_config(cfg)
-        self.ledger = StoppedLedger(self.root)
+        self.ledger = StoppedLedger(self.state.root)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, request: BackupRequest | None = None) -> BackupSet:
         request = request or BackupRequest()
         plan = self._select(request)
         ensure_store_dir(self.root)
-        with StoreLock(self.root, "dcb backup"):
-            gw = DockerGateway.connect()
+        with StoreLock.for_config(self.cfg, "dcb backup"):
+            gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
             try:
                 return self._run_locked(gw, plan)
             finally:
@@ -184,7 +186,16 @@ class BackupRun:
     def run_locked(self, gw: DockerGateway, request: BackupRequest) -> BackupSet:
         """A run inside another flow that already holds the store lock (a restore's safety
         snapshot)."""
-        return self._run_locked(gw, self._select(request))
+        plan = self._select(request)
+        try:
+            ensure_store_dir(self.root)
+        except StorageError as e:
+            if plan.purpose != "safety":
+                raise
+            # The restore reports only the message: the way out goes in it.
+            raise StorageError(f"no safety snapshot possible: {e.message}; restore with "
+                               "--no-safety-backup (it cannot be undone then)") from None
+        return self._run_locked(gw, plan)
 
     def _run_locked(self, gw: DockerGateway, plan: _Plan) -> BackupSet:
         self._recover(gw)
@@ -262,7 +273,7 @@ class BackupRun:
         }
         atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
         result = read_manifest(set_dir)
-        append_history(self.root, {
+        self.state.append_history({
             "kind": "backup", "id": set_id, "status": "complete",
             "started_at": started.isoformat(), "duration_seconds": round(duration, 3),
             "size_bytes": result.size_bytes,
@@ -310,7 +321,7 @@ class BackupRun:
         if not pgc.running:
             raise DcbError(f"PostgreSQL container {pgc.name!r} is {pgc.state}, not running",
                            hint=f"docker start {pgc.name}")
-        pg.wait_ready(timeout=30)
+        pg.wait_ready(timeout=self.cfg.timeouts.postgres_ready)
         plan.server_version = pg.server_info().version
         self._find_pg_data(gw, pg, pgc, plan)
         db_sizes = pg.database_sizes()
@@ -369,8 +380,16 @@ class BackupRun:
 
     # -- stages -------------------------------------------------------------------------------
     def _check_cancel(self) -> None:
-        if self.cancel.is_set() or self._stage_cancel.is_set():
+        if self._stopping():
             raise Cancelled("backup cancelled")
+
+    def _stopping(self) -> bool:
+        return self.cancel.is_set() or self._stage_cancel.is_set()
+
+    def _guard(self, stage: str) -> StepGuard:
+        """The explicit time limit of one artifact ([timeouts] step) and cancellation: the
+        only things that stop a silent dump or archive."""
+        return StepGuard(stage, self.cfg.timeouts.step, self._stopping)
 
     def _pump(self, source: Any, writer: ArtifactWriter, meter: ByteMeter,
               also: Callable[[bytes], None] | None = None) -> None:
@@ -385,10 +404,12 @@ class BackupRun:
     def _db_stage(self, pg: PgGateway, plan: _Plan, set_dir: Path) -> list[Artifact]:
         out: list[Artifact] = []
         if plan.globals:
-            out.append(self._dump_globals(pg, set_dir))
+            with self._guard("roles (pg_dumpall --globals-only)") as guard:
+                out.append(self._dump_globals(pg.with_guard(guard), set_dir))
         for db in plan.databases:
             self._check_cancel()
-            out.append(self._dump_database(pg, db, set_dir, plan))
+            with self._guard(f"pg_dump {db}") as guard:
+                out.append(self._dump_database(pg.with_guard(guard), db, set_dir, plan))
         return out
 
     def _dump_globals(self, pg: PgGateway, set_dir: Path) -> Artifact:
@@ -400,7 +421,7 @@ class BackupRun:
         with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:
             with pg.dump_globals() as proc:
                 self._pump(proc, w, meter)
-                code = proc.wait(60)
+                code = proc.wait()
                 if code != 0:
                     raise DumpError(f"pg_dumpall --globals-only failed (exit {code}): "
                                     f"{first_error(proc.stderr_text)}")
@@ -448,7 +469,7 @@ class BackupRun:
             counter.start()
             try:
                 self._pump(proc, w, meter)
-                code = proc.wait(60)
+                code = proc.wait()
             finally:
                 proc.close()
             if code != 0:
@@ -464,7 +485,7 @@ class BackupRun:
                 raise DumpError(f"pg_dump {db} produced no output")
             if fmt == "plain" and PLAIN_DUMP_END not in w.tail:
                 raise DumpError(f"pg_dump {db}: output lacks its completion marker (truncated)")
-            counter.join(600)
+            counter.join()  # the step's guard stops it on cancel or at [timeouts] step
             if count_error:
                 cerr = count_error[0]
                 raise DumpError(f"counting rows of {db} failed: "
@@ -493,11 +514,13 @@ class BackupRun:
         out = []
         for v in plan.volumes:
             self._check_cancel()
-            out.append(self._archive_volume(gw, pg, v, set_dir, plan))
+            with self._guard(f"archiving volume {v}") as guard:
+                out.append(self._archive_volume(gw, pg.with_guard(guard), v, set_dir, plan,
+                                                guard))
         return out
 
     def _archive_volume(self, gw: DockerGateway, pg: PgGateway, volume: str, set_dir: Path,
-                        plan: _Plan) -> Artifact:
+                        plan: _Plan, guard: StepGuard) -> Artifact:
         stage = f"volume {volume}"
         st = self.cfg.storage
         self.report(StageStarted(stage, plan.sizes.get(stage)))
@@ -524,8 +547,8 @@ class BackupRun:
                 stopped = self._stop_users(gw, volume)
                 helper_image = st.helper_image or gw.container(
                     self.cfg.stack.postgres_container).image
-                proc = open_volume_tar(gw, volume, st.volume_access, helper_image,
-                                       store_tag(self.root))
+                proc = guard.watch(open_volume_tar(gw, volume, st.volume_access,
+                                                   helper_image, store_tag(self.root)))
                 source["method"] = "host tar" if isinstance(proc, LocalTar) else "helper"
             source["stopped_containers"] = stopped
             # Whatever a restore would refuse is found now, on the stream as it is written.
@@ -542,7 +565,7 @@ class BackupRun:
                         damaged = e  # the producer's own failure, if any, says more
                         for _ in proc.stdout():
                             self._check_cancel()
-                    code = proc.wait(120)
+                    code = proc.wait()
                     if code == 0 and damaged is None:
                         entries = check.finish()
                 except CorruptArchive as e:
@@ -556,6 +579,7 @@ class BackupRun:
                 finally:
                     check.close()
                     proc.close()
+                guard.check()
                 if code != 0:
                     raise DcbError(f"archiving volume {volume} failed (exit {code}): "
                                    f"{first_error(proc.stderr_text)}")
@@ -642,8 +666,8 @@ class BackupRun:
         }
         with contextlib.suppress(DcbError):
             atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
-        with contextlib.suppress(OSError):
-            append_history(self.root, {
+        with contextlib.suppress(OSError, DcbError):
+            self.state.append_history({
                 "kind": "backup", "id": set_id, "status": "failed",
                 "started_at": started.isoformat(), "duration_seconds": round(duration, 3),
                 "error": message,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import tomllib
 import types
@@ -27,6 +28,9 @@ import platformdirs
 from dcb.services.errors import ConfigError
 
 CONFIG_FILENAME = "dcb.toml"
+# Docker's own rule for container and volume names.
+DOCKER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+PG_NAME_MAX = 63
 ENV_PREFIX = "DCB_"
 COMPRESSIONS = ("zstd", "gzip", "none")
 
@@ -66,6 +70,10 @@ class StorageConfig:
     space_estimate_ratio: float = 1.0
     """Expected backup size as a fraction of the raw data; a run needing more space than
     free refuses before writing anything."""
+    state_dir: str = ""
+    """Where the lock, run history, incident logs and stopped-container ledger live; empty:
+    the backup dir when writable, else a per-backup-dir directory under the user's state dir
+    (services/state.py)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,20 @@ class RestoreConfig:
 
 
 @dataclass(frozen=True)
+class TimeoutsConfig:
+    """Explicit time limits. Nothing else limits a running process or its output stream."""
+
+    docker_api: int = 120
+    """Seconds one Docker API request (inspect, start, stop, disk usage) may take; never
+    applies to a running process's output."""
+    step: int = 0
+    """Seconds one long step (a dump, an archive, reading an artifact through) may run before
+    it is stopped and the run fails; 0: no limit."""
+    postgres_ready: int = 120
+    """Seconds to wait for PostgreSQL to answer a query before a run gives up."""
+
+
+@dataclass(frozen=True)
 class ObjectivesConfig:
     """Recovery targets the console measures against."""
 
@@ -140,6 +162,7 @@ SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "retention": RetentionConfig,
     "restore": RestoreConfig,
+    "timeouts": TimeoutsConfig,
     "objectives": ObjectivesConfig,
 }
 
@@ -150,6 +173,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     path: Path | None = None
     """The file the configuration was read from, if any."""
@@ -159,12 +183,21 @@ class Config:
     @property
     def backup_dir(self) -> Path:
         """The backup directory; a relative path is relative to the config file's directory."""
-        p = Path(self.storage.backup_dir).expanduser()
+        return self._path_setting("storage.backup_dir", self.storage.backup_dir)
+
+    @property
+    def state_dir(self) -> Path | None:
+        """``[storage] state_dir`` as a path, or None (services/state.py decides)."""
+        if not self.storage.state_dir:
+            return None
+        return self._path_setting("storage.state_dir", self.storage.state_dir)
+
+    def _path_setting(self, key: str, value: str) -> Path:
+        p = Path(value).expanduser()
         if p.is_absolute():
             return p
         base = self.path.parent if self.path and self.sources.get(
-            "storage.backup_dir", ""
-        ).startswith("file") else Path.cwd()
+            key, "").startswith("file") else Path.cwd()
         return (base / p).resolve()
 
     def postgres_password(self) -> str | None:
@@ -416,3 +449,49 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: [storage] space_estimate_ratio must be in (0, 10]")
     if not 0 <= s.min_free_percent <= 90:
         raise ConfigError(f"{where}: [storage] min_free_percent must be 0-90")
+    for key, value in dataclasses.asdict(cfg.timeouts).items():
+        if value < 0:
+            raise ConfigError(f"{where}: [timeouts] {key} must be >= 0, got {value}")
+    if cfg.timeouts.docker_api == 0:
+        raise ConfigError(f"{where}: [timeouts] docker_api must be > 0")
+    _validate_names(cfg.stack, where)
+
+
+def _validate_names(st: StackConfig, where: str) -> None:
+    """Names become argv, SQL identifiers, file names and Docker references: refuse what
+    could be read as an option, a path, a connection string or a second line."""
+    for key in ("postgres_container", "app_containers", "stop_during_backup", "volumes",
+                "postgres_data_volume"):
+        for name in _values(getattr(st, key)):
+            if key == "postgres_data_volume" and not name:
+                continue  # none configured
+            if not DOCKER_NAME_RE.fullmatch(name):
+                raise ConfigError(
+                    f"{where}: [stack] {key}: {name!r} is not a Docker name",
+                    hint="letters, digits, _ . - only, starting with a letter or digit")
+    for key in ("databases", "postgres_user"):
+        for name in _values(getattr(st, key)):
+            problem = pg_name_problem(name)
+            if problem:
+                raise ConfigError(f"{where}: [stack] {key}: {name!r} {problem}")
+
+
+def _values(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def pg_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a database or role name dcb works with, or None."""
+    if not name:
+        return "is empty"
+    if len(name.encode()) > PG_NAME_MAX:
+        return f"is longer than {PG_NAME_MAX} bytes (PostgreSQL would cut it)"
+    if name[0] in "-=":
+        return f"starts with {name[0]!r} (would read as an option)"
+    if "=" in name:
+        return "contains '=' (libpq would read it as a connection string)"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return "is not a plain name (it becomes a file name)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character (NUL, newline...)"
+    return None

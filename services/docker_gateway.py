@@ -19,6 +19,8 @@ import requests.exceptions
 from dcb.services.errors import DcbError, DockerUnavailable, NotFound
 
 DEFAULT_TIMEOUT = 120
+"""Seconds one API request may take ([timeouts] docker_api). Streams of running processes
+are taken off it (services/docker_exec.py): only a StepGuard limits them."""
 
 
 @dataclass(frozen=True)

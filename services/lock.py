@@ -1,5 +1,6 @@
 """One run at a time per backup directory: a kernel lock (flock), freed the moment its holder
-dies, so a killed run never leaves a stale lock."""
+dies, so a killed run never leaves a stale lock. The lock file lives in the backup dir's state
+dir (services/state.py): the backup dir itself unless that is read-only."""
 
 from __future__ import annotations
 
@@ -11,25 +12,42 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dcb.services.artifacts import StorageError
+from dcb.services.config import Config
 from dcb.services.errors import LockedError
+from dcb.services.state import state_for
 from dcb.services.store import LOCKFILE
 
 
 class StoreLock:
-    def __init__(self, root: Path, purpose: str) -> None:
+    def __init__(self, root: Path, purpose: str, backup_dir: Path | None = None) -> None:
+        """``root``: the directory holding the lock file; ``backup_dir``: the store it guards
+        (named in messages; default ``root``)."""
         self.path = root / LOCKFILE
         self.purpose = purpose
+        self.backup_dir = backup_dir or root
         self._fd = -1
 
+    @classmethod
+    def for_config(cls, cfg: Config, purpose: str) -> StoreLock:
+        """The lock of a configuration's backup dir, in its state dir (created if needed)."""
+        state = state_for(cfg)
+        state.ensure()
+        return cls(state.root, purpose, state.backup_dir)
+
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StorageError(f"cannot open the lock {self.path}: {e.strerror}",
+                              hint="set [storage] state_dir to a writable directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             raise LockedError(
-                f"backup dir {self.path.parent} is locked by another run ({holder})",
+                f"backup dir {self.backup_dir} is locked by another run ({holder})",
                 hint="wait for it to finish; a killed run releases the lock at once",
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dcb.services.backup import read_history
 from dcb.services.config import Config
-from dcb.services.restore import RESTORES_DIR
+from dcb.services.state import state_for
 from dcb.services.store import BackupStore
 
 
@@ -56,7 +55,8 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
     now = now or datetime.now(UTC)
     rpo = timedelta(hours=cfg.objectives.rpo_hours)
     sets = BackupStore.for_config(cfg).list_sets()
-    history = read_history(cfg.backup_dir)
+    state = state_for(cfg)
+    history = state.read_history()
     verified_ok = {h["id"] for h in history if h.get("kind") == "verify" and h.get("ok")}
     drills = [h for h in history if h.get("kind") == "drill"]
     items = []
@@ -71,9 +71,9 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
         ok = newest_verified is not None and now - newest_verified <= rpo
         items.append(Objective(kind, name, newest_verified, newest_any, ok))
     incidents = []
-    d = cfg.backup_dir / RESTORES_DIR
-    if d.is_dir():
-        for f in sorted(d.glob("*.json"), reverse=True)[:20]:
+    logs = [f for d in state.incident_dirs() if d.is_dir() for f in d.glob("*.json")]
+    if logs:
+        for f in sorted(logs, key=lambda f: f.name, reverse=True)[:20]:
             try:
                 data = json.loads(f.read_text())
                 r = data["report"]

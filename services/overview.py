@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from dcb.services.backup import read_history
 from dcb.services.config import Config
+from dcb.services.state import state_for
 from dcb.services.store import BackupSet, BackupStore
 
 
@@ -30,7 +30,7 @@ class StoreOverview:
 
 def store_overview(cfg: Config) -> StoreOverview:
     sets = BackupStore.for_config(cfg).list_sets()
-    history = read_history(cfg.backup_dir)
+    history = state_for(cfg).read_history()
     verified: dict[str, dict[str, Any]] = {}
     last_failure = last_drill = None
     for h in history:

@@ -19,14 +19,13 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from dcb.services.backup import append_history, read_history
 from dcb.services.config import Config, RetentionConfig
 from dcb.services.errors import DcbError
 from dcb.services.lock import StoreLock
 from dcb.services.retention import Decision, plan, undo_windows
+from dcb.services.state import StateDir, state_for
 from dcb.services.store import MANIFEST, BackupSet, BackupStore
 
 
@@ -86,7 +85,7 @@ def _plan_store(cfg: Config, policy: RetentionConfig, keep_undo_hours: float,
                 now: datetime | None) -> PrunePlan:
     root = cfg.backup_dir
     sets: list[BackupSet] = BackupStore.for_config(cfg).list_sets() if root.is_dir() else []
-    history = read_history(root) if root.is_dir() else []
+    history = state_for(cfg).read_history() if root.is_dir() else []
     when = now or datetime.now(UTC)
     decisions = plan(sets, policy, when, undo_windows(history, keep_undo_hours))
     return PrunePlan(tuple(decisions), when, policy, keep_undo_hours)
@@ -129,14 +128,14 @@ def execute(cfg: Config, shown: PrunePlan, now: datetime | None = None) -> Prune
     if not root.is_dir():
         raise PlanChanged(f"the backup dir {root} is gone",
                           _plan_store(cfg, shown.policy, shown.keep_undo_hours, now))
-    with StoreLock(root, "dcb prune"):
+    with StoreLock.for_config(cfg, "dcb prune"):
         current = _plan_store(cfg, shown.policy, shown.keep_undo_hours, now)
         problems = _stale(shown, current)
         if problems:
             more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
             raise PlanChanged("the backup store changed since the preview: "
                               + "; ".join(problems[:3]) + more, current)
-        removed, freed = _remove_all(root, shown.removals)
+        removed, freed = _remove_all(state_for(cfg), shown.removals)
         shown_ids = {d.set.id for d in shown.removals}
         also = tuple(d.set.id for d in current.removals if d.set.id not in shown_ids)
         return PruneResult(shown, removed, freed, also)
@@ -147,13 +146,13 @@ def prune(cfg: Config, now: datetime | None = None) -> PruneResult:
     root = cfg.backup_dir
     if not root.is_dir():
         return PruneResult(preview(cfg, now), (), 0)
-    with StoreLock(root, "dcb prune"):
+    with StoreLock.for_config(cfg, "dcb prune"):
         p = preview(cfg, now)
-        removed, freed = _remove_all(root, p.removals)
+        removed, freed = _remove_all(state_for(cfg), p.removals)
         return PruneResult(p, removed, freed)
 
 
-def _remove_all(root: Path, removals: Sequence[Decision]) -> tuple[tuple[str, ...], int]:
+def _remove_all(state: StateDir, removals: Sequence[Decision]) -> tuple[tuple[str, ...], int]:
     removed: list[str] = []
     freed = 0
     try:
@@ -166,7 +165,7 @@ def _remove_all(root: Path, removals: Sequence[Decision]) -> tuple[tuple[str, ..
                        + "fix the cause and run dcb prune again") from None
     finally:
         if removed:
-            append_history(root, {"kind": "prune", "at": datetime.now(UTC).isoformat(),
+            state.append_history({"kind": "prune", "at": datetime.now(UTC).isoformat(),
                                   "removed": removed, "freed_bytes": freed})
     return tuple(removed), freed
 

@@ -31,7 +31,6 @@ from dcb.services.backup import (
     BackupRequest,
     BackupRun,
     append_history,
-    ensure_store_dir,
     restart_stopped,
 )
 from dcb.services.config import Config
@@ -58,6 +57,7 @@ from dcb.services.safe_tar import (
     remove_extraneous,
     validate_archive,
 )
+from dcb.services.state import state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import Artifact, BackupSet, BackupStore
 from dcb.services.verify import verify_set
@@ -187,12 +187,12 @@ class RestoreFlow:
         self.store = BackupStore.for_config(cfg)
         self._gw = gw
         self._volume_diffs: dict[str, list[str]] = {}
-        self.ledger = StoppedLedger(cfg.backup_dir)
+        self.ledger = StoppedLedger(state_for(cfg).root)
 
     @property
     def gw(self) -> DockerGateway:
         if self._gw is None:
-            self._gw = DockerGateway.connect()
+            self._gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
         return self._gw
 
     @property
@@ -318,7 +318,7 @@ class RestoreFlow:
 
     def _rate(self) -> float:
         """Bytes/s of past restores, from the history; a default until one exists."""
-        rates = [h["raw_bytes"] / h["seconds"] for h in _history(self.cfg.backup_dir)
+        rates = [h["raw_bytes"] / h["seconds"] for h in _history(state_for(self.cfg).root)
                  if h.get("kind") == "restore" and h.get("ok") and h.get("seconds")
                  and h.get("raw_bytes")]
         return sum(rates[-5:]) / len(rates[-5:]) if rates else DEFAULT_RATE
@@ -403,8 +403,7 @@ class RestoreFlow:
         if problems:
             raise RestoreError("preflight failed: " + "; ".join(problems),
                                hint="nothing was changed")
-        ensure_store_dir(self.cfg.backup_dir)
-        with StoreLock(self.cfg.backup_dir, f"dcb restore {plan.set.id}"):
+        with StoreLock.for_config(self.cfg, f"dcb restore {plan.set.id}"):
             return self._execute_locked(plan)
 
     def _execute_locked(self, plan: RestorePlan) -> RestoreReport:
@@ -484,7 +483,7 @@ class RestoreFlow:
                                 self.target.postgres_container).start()
                             self.ledger.clear([self.target.postgres_container])
                             pg_stopped = False
-                        self.pg.wait_ready(timeout=120)
+                        self.pg.wait_ready(timeout=self.cfg.timeouts.postgres_ready)
                     if plan.globals is not None:
                         with step("roles"):
                             self._restore_globals(plan.set, plan.globals)
@@ -725,7 +724,7 @@ class RestoreFlow:
         return out
 
     def _write_incident(self, plan: RestorePlan, report: RestoreReport) -> None:
-        root = self.cfg.backup_dir
+        root = state_for(self.cfg).root
         with contextlib.suppress(OSError, DcbError):
             d = root / RESTORES_DIR
             d.mkdir(mode=0o700, exist_ok=True)

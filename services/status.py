@@ -123,9 +123,10 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
         volumes.append(VolumeStatus(name=vname, exists=True, size_bytes=sizes.get(vname),
                                     used_by=users))
 
+    from dcb.services.state import state_for
     from dcb.services.stopped import StoppedLedger
 
-    for name, by in StoppedLedger(cfg.backup_dir).pending().items():
+    for name, by in StoppedLedger(state_for(cfg).root).pending().items():
         problems.append(f"{name} was stopped by an interrupted dcb {by} and not started again "
                         "(the next backup or restore starts it; or `docker start` it)")
     return StackStatus(

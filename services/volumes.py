@@ -44,10 +44,11 @@ NOT_GNU_TAR = "dcb: tar in the helper image is not GNU tar"
 
 class TarSource(Protocol):
     def stdout(self) -> Iterator[bytes]: ...
-    def wait(self, timeout: float = 60) -> int: ...
+    def wait(self, timeout: float | None = None) -> int: ...
     @property
     def stderr_text(self) -> str: ...
     def close(self) -> None: ...
+    def abort(self, reason: DcbError | None = None) -> None: ...
 
 
 class LocalTar:
@@ -58,6 +59,7 @@ class LocalTar:
             ["tar", *TAR_FLAGS, "-C", directory, "-cf", "-", "."],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self._stderr = b""
+        self.abort_reason: DcbError | None = None
 
     def stdout(self) -> Iterator[bytes]:
         assert self.proc.stdout is not None
@@ -69,14 +71,22 @@ class LocalTar:
                 return
             yield b
 
-    def wait(self, timeout: float = 60) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         try:
             _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise DcbError(f"tar did not finish in {timeout}s") from None
+        if self.abort_reason is not None:
+            raise self.abort_reason
         self._stderr = err or b""
         return self.proc.returncode
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        """Stop tar from another thread (a ``StepGuard``); ``wait()`` then raises ``reason``."""
+        self.abort_reason = reason
+        with contextlib.suppress(OSError):
+            self.proc.kill()
 
     @property
     def stderr_text(self) -> str:
@@ -117,8 +127,11 @@ class HelperTar:
     def stdout(self) -> Iterator[bytes]:
         return self.helper.stdout()
 
-    def wait(self, timeout: float = 60) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         return self.helper.wait(timeout)
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        self.helper.abort(reason)
 
     @property
     def stderr_text(self) -> str:

@@ -10,6 +10,7 @@ the tests change the store as a user or a schedule would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -62,8 +63,10 @@ class Store:
         artifacts = []
         for kind, name in items:
             f = d / f"{kind}-{name}.bin"
-            f.write_bytes(f"{letter} {kind} {name}\n".encode() * 100)
-            artifacts.append(Artifact(kind, name, f.name, f.stat().st_size, None, "none"))
+            data = f"{letter} {kind} {name}\n".encode() * 100
+            f.write_bytes(data)
+            artifacts.append(Artifact(kind, name, f.name, len(data),
+                                      hashlib.sha256(data).hexdigest(), "none"))
         if status != "incomplete":
             s = BackupSet(id=sid, path=d, status=status, created_at=when,
                           artifacts=tuple(artifacts), extra={"purpose": "backup", **extra})

@@ -188,12 +188,12 @@ class VerifyScreen(TaskScreen):
         self.title_text = f"{'Deep verify' if deep else 'Verify'} {set_id}"
 
     def work(self) -> SetCheck:
-        from dcb.services.backup import append_history
+        from dcb.services.state import state_for
 
         s = BackupStore.for_config(self.cfg).get(self.set_id)
         gw = pg = None
         if self.deep:
-            gw = DockerGateway.connect()
+            gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
             st = self.cfg.stack
             pg = PgGateway(gw, st.postgres_container, st.postgres_user,
                            self.cfg.postgres_password())
@@ -204,9 +204,9 @@ class VerifyScreen(TaskScreen):
         finally:
             if gw is not None:
                 gw.close()
-        append_history(self.cfg.backup_dir, {"kind": "verify", "id": s.id, "ok": r.ok,
-                                             "deep": self.deep, "at": verified_now(),
-                                             "problems": r.problems()})
+        state_for(self.cfg).append_history({"kind": "verify", "id": s.id, "ok": r.ok,
+                                            "deep": self.deep, "at": verified_now(),
+                                            "problems": r.problems()})
         return r
 
     def describe(self, result: Any) -> str:
