@@ -263,12 +263,12 @@ class BackupRun:
     # -- preparation --------------------------------------------------------------------------
     def _select(self, request: BackupRequest) -> _Plan:
         stack = self.cfg.stack
-        dbs = stack.databases if request.databases is None else request.databases
+        dbs = stack.listed_databases if request.databases is None else request.databases
         vols = stack.volumes if request.volumes is None else request.volumes
         for d in dbs:
-            if d not in stack.databases:
+            if d not in stack.listed_databases:
                 raise UsageError(f"database {d!r} is not configured in [stack] databases",
-                                 hint="configured: " + ", ".join(stack.databases))
+                                 hint="configured: " + ", ".join(stack.listed_databases))
         for v in vols:
             if v not in stack.volumes:
                 raise UsageError(f"volume {v!r} is not configured in [stack] volumes",
