@@ -27,6 +27,12 @@ from typing import Any
 from dcb import __version__
 from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
 from dcb.services.config import Config
+from dcb.services.coverage import (
+    resolve_databases,
+    volume_tar_error,
+    volume_writers,
+    writer_warning,
+)
 from dcb.services.disk import disk_usage
 from dcb.services.docker_exec import StepGuard, remove_stale_helpers, store_tag
 from dcb.services.docker_gateway import ContainerInfo, DockerGateway
@@ -81,7 +87,8 @@ DEFAULT_PGDATA = "/var/lib/postgresql/data"  # the official image's
 @dataclass(frozen=True)
 class BackupRequest:
     databases: tuple[str, ...] | None = None
-    """None: every configured database."""
+    """None: every configured database (with ``databases = "all"``: every database the
+    cluster holds at the start of the run, services/coverage.py)."""
     volumes: tuple[str, ...] | None = None
     """None: every configured volume."""
     globals: bool = True
@@ -103,6 +110,8 @@ class _Plan:
     purpose: str = "backup"
     restore_id: str | None = None
     estimate_bytes: int = 0
+    all_databases: bool = False
+    """``databases`` is resolved from the cluster at the pre-check."""
     server_version: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
     pg_data_volume: str | None = None
@@ -286,23 +295,26 @@ class BackupRun:
     # -- preparation --------------------------------------------------------------------------
     def _select(self, request: BackupRequest) -> _Plan:
         stack = self.cfg.stack
-        dbs = stack.databases if request.databases is None else request.databases
+        everything = request.databases is None and stack.all_databases
+        dbs = stack.listed_databases if request.databases is None else request.databases
         vols = stack.volumes if request.volumes is None else request.volumes
-        for d in dbs:
-            if d not in stack.databases:
-                raise UsageError(f"database {d!r} is not configured in [stack] databases",
-                                 hint="configured: " + ", ".join(stack.databases))
+        if not stack.all_databases:  # with "all": any database that exists (pre-check)
+            for d in dbs:
+                if d not in stack.listed_databases:
+                    raise UsageError(f"database {d!r} is not configured in [stack] databases",
+                                     hint="configured: " + ", ".join(stack.listed_databases))
         for v in vols:
             if v not in stack.volumes:
                 raise UsageError(f"volume {v!r} is not configured in [stack] volumes",
                                  hint="configured: " + ", ".join(stack.volumes))
-        if not dbs and not vols:
+        if not dbs and not vols and not everything:
             raise UsageError("nothing to back up")
         if request.purpose not in PURPOSES:
             raise UsageError(f"unknown backup purpose {request.purpose!r}")
         return _Plan(databases=tuple(dbs), volumes=tuple(vols),
-                     globals=request.globals and bool(dbs), purpose=request.purpose,
-                     restore_id=request.restore_id)
+                     globals=request.globals and (bool(dbs) or everything),
+                     purpose=request.purpose, restore_id=request.restore_id,
+                     all_databases=everything)
 
     def _recover(self, gw: DockerGateway) -> None:
         """Undo what a killed earlier run left behind: stopped containers, helpers."""
@@ -325,6 +337,8 @@ class BackupRun:
         plan.server_version = pg.server_info().version
         self._find_pg_data(gw, pg, pgc, plan)
         db_sizes = pg.database_sizes()
+        if plan.all_databases:
+            self._resolve_all(pg, plan)
         for d in plan.databases:
             if d not in db_sizes:
                 raise NotFound(f"database {d!r} does not exist in {pgc.name}")
@@ -366,6 +380,17 @@ class BackupRun:
         plan.pg_data_volume = resolve_pg_data_volume(
             self.cfg.stack.postgres_data_volume, explicit, pgc, layout, plan.volumes)
         plan.pg_data_subdir = layout.data_subdir
+
+    def _resolve_all(self, pg: PgGateway, plan: _Plan) -> None:
+        """``databases = "all"``: what the cluster holds now, so a new database is in."""
+        plan.databases = resolve_databases(self.cfg, pg)
+        self.report(LogLine('[stack] databases = "all": ' + (", ".join(plan.databases)
+                                                            or "no database")))
+        if not plan.databases:
+            plan.globals = False
+            if not plan.volumes:
+                raise UsageError('nothing to back up: [stack] databases = "all" matches no '
+                                 "database", hint="check [stack] exclude_databases")
 
     def _make_set_dir(self, now: datetime) -> Path:
         taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
@@ -545,6 +570,9 @@ class BackupRun:
                     source["data_subdir"] = plan.pg_data_subdir
             else:
                 stopped = self._stop_users(gw, volume)
+                writers = self._warn_writers(gw, volume)
+                if writers:
+                    source["running_writers"] = list(writers)
                 helper_image = st.helper_image or gw.container(
                     self.cfg.stack.postgres_container).image
                 proc = guard.watch(open_volume_tar(gw, volume, st.volume_access,
@@ -581,8 +609,8 @@ class BackupRun:
                     proc.close()
                 guard.check()
                 if code != 0:
-                    raise DcbError(f"archiving volume {volume} failed (exit {code}): "
-                                   f"{first_error(proc.stderr_text)}")
+                    raise volume_tar_error(volume, code, proc.stderr_text,
+                                           source.get("running_writers", ()))
                 if damaged is not None:
                     raise DcbError(f"archiving volume {volume}: the stream is not a readable "
                                    f"tar archive: {damaged}")
@@ -630,6 +658,13 @@ class BackupRun:
                 raise DcbError(f"could not stop {c.name}: {e}") from None
             stopped.append(c.name)
         return stopped
+
+    def _warn_writers(self, gw: DockerGateway, volume: str) -> tuple[str, ...]:
+        """Name the running containers that keep writing ``volume`` while it is archived."""
+        writers = volume_writers(self.cfg, gw, volume)
+        if writers:
+            self.report(LogLine(writer_warning(volume, writers), "warning"))
+        return writers
 
     def _start_container(self, gw: DockerGateway, name: str) -> None:
         try:

@@ -12,6 +12,7 @@ Secrets never live in the TOML: the PostgreSQL password comes from ``$POSTGRES_P
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 import stat
@@ -35,6 +36,20 @@ ENV_PREFIX = "DCB_"
 COMPRESSIONS = ("zstd", "gzip", "none")
 
 
+class AllDatabases(enum.Enum):
+    """``[stack] databases = "all"``: every database of the cluster except templates and
+    ``exclude_databases``, resolved at each backup (services/coverage.py).
+
+    A member, not the string ``"all"``: code that iterates ``databases`` without resolving
+    it first is a type error instead of a loop over the letters a, l, l.
+    """
+
+    ALL = "all"
+
+
+ALL_DATABASES = AllDatabases.ALL
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """The Docker Compose stack dcb protects."""
@@ -42,13 +57,27 @@ class StackConfig:
     postgres_container: str = "dart-cloud-postgres"
     postgres_user: str = "postgres"
     password_file: str = ""
-    databases: tuple[str, ...] = ("dart_cloud", "functions_db")
+    databases: tuple[str, ...] | AllDatabases = ("dart_cloud", "functions_db")
+    """A list, or ``ALL_DATABASES`` (``"all"`` in the file)."""
     volumes: tuple[str, ...] = ("postgres_data", "functions_data")
     app_containers: tuple[str, ...] = ("dart-cloud-backend",)
     postgres_data_volume: str = "postgres_data"
     stop_during_backup: tuple[str, ...] = ("dart-cloud-backend",)
     lock_wait_timeout: int = 120
     """Seconds a dump waits for a table lock before failing (0: wait forever)."""
+    exclude_databases: tuple[str, ...] = ()
+    """Left out on purpose: never backed up by ``"all"``, never reported as unprotected."""
+    exclude_volumes: tuple[str, ...] = ()
+    """Volumes the stack mounts that are left out on purpose (not reported as unprotected)."""
+
+    @property
+    def all_databases(self) -> bool:
+        return self.databases is ALL_DATABASES
+
+    @property
+    def listed_databases(self) -> tuple[str, ...]:
+        """The databases named in the configuration (none with ``"all"``)."""
+        return () if isinstance(self.databases, AllDatabases) else self.databases
 
 
 @dataclass(frozen=True)
@@ -240,7 +269,8 @@ def _flatten(obj: Any, prefix: str = "", parent: Any = None) -> dict[str, Any]:
             continue
         if v is None and parent is not None:
             v = getattr(parent, f.name, None)
-        out[prefix + f.name] = list(v) if isinstance(v, tuple) else v
+        out[prefix + f.name] = (list(v) if isinstance(v, tuple)
+                                else v.value if isinstance(v, enum.Enum) else v)
     return out
 
 
@@ -366,6 +396,10 @@ def _optional_inner(typ: Any) -> Any:
 
 def _type_name(typ: Any) -> str:
     typ = _optional_inner(typ)
+    if isinstance(typ, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(typ))
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        return " or ".join(f'"{m.value}"' for m in typ)
     if typ is float:
         return "a number"
     if typ is str:
@@ -379,6 +413,18 @@ def _type_name(typ: Any) -> str:
 
 def _coerce(typ: Any, value: Any, where: str) -> Any:
     typ = _optional_inner(typ)
+    if isinstance(typ, types.UnionType):  # e.g. a list of names, or "all"
+        for member in typing.get_args(typ):
+            try:
+                return _coerce(member, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        for m in typ:
+            if value == m.value:
+                return m
+        raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
     if typing.get_origin(typ) is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
@@ -394,6 +440,18 @@ def _coerce(typ: Any, value: Any, where: str) -> Any:
 
 def _coerce_env(typ: Any, value: str, where: str) -> Any:
     typ = _optional_inner(typ)
+    if isinstance(typ, types.UnionType):
+        # A list of names or a keyword: the keyword wins when it is the whole value
+        # (DCB_STACK_DATABASES=all); "all," is a list holding one database named "all".
+        for member in typing.get_args(typ):
+            if isinstance(member, type) and issubclass(member, enum.Enum):
+                for m in member:
+                    if value.strip() == m.value:
+                        return m
+        for member in typing.get_args(typ):
+            if typing.get_origin(member) is tuple:
+                return _coerce_env(member, value, where)
+        raise ConfigError(f"{where}: expected {_type_name(typ)}, got {value!r}")
     if typing.get_origin(typ) is tuple:
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if typ is float:
@@ -439,6 +497,13 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: [restore] keep_undo_hours must be >= 0")
     if not cfg.stack.postgres_container:
         raise ConfigError(f"{where}: [stack] postgres_container must not be empty")
+    st = cfg.stack
+    for key, listed, excluded in (("databases", st.listed_databases, st.exclude_databases),
+                                  ("volumes", st.volumes, st.exclude_volumes)):
+        both = sorted(set(listed) & set(excluded))
+        if both:
+            raise ConfigError(f"{where}: [stack] exclude_{key} names {', '.join(both)}, "
+                              f"which [stack] {key} also lists: back it up or exclude it")
     if s.db_format not in ("custom", "plain"):
         raise ConfigError(f"{where}: [storage] db_format must be custom or plain, "
                           f"got {s.db_format!r}")
@@ -461,7 +526,7 @@ def _validate_names(st: StackConfig, where: str) -> None:
     """Names become argv, SQL identifiers, file names and Docker references: refuse what
     could be read as an option, a path, a connection string or a second line."""
     for key in ("postgres_container", "app_containers", "stop_during_backup", "volumes",
-                "postgres_data_volume"):
+                "exclude_volumes", "postgres_data_volume"):
         for name in _values(getattr(st, key)):
             if key == "postgres_data_volume" and not name:
                 continue  # none configured
@@ -469,8 +534,9 @@ def _validate_names(st: StackConfig, where: str) -> None:
                 raise ConfigError(
                     f"{where}: [stack] {key}: {name!r} is not a Docker name",
                     hint="letters, digits, _ . - only, starting with a letter or digit")
-    for key in ("databases", "postgres_user"):
-        for name in _values(getattr(st, key)):
+    for key in ("databases", "exclude_databases", "postgres_user"):
+        value = st.listed_databases if key == "databases" else getattr(st, key)
+        for name in _values(value):
             problem = pg_name_problem(name)
             if problem:
                 raise ConfigError(f"{where}: [stack] {key}: {name!r} {problem}")

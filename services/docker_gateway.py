@@ -21,6 +21,7 @@ from dcb.services.errors import DcbError, DockerUnavailable, NotFound
 DEFAULT_TIMEOUT = 120
 """Seconds one API request may take ([timeouts] docker_api). Streams of running processes
 are taken off it (services/docker_exec.py): only a StepGuard limits them."""
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ContainerInfo:
     image: str
     started_at: datetime | None
     mounts: tuple[Mount, ...] = ()
+    compose_project: str | None = None
+    """The Docker Compose project that created it (label ``com.docker.compose.project``)."""
 
     @property
     def running(self) -> bool:
@@ -174,6 +177,22 @@ class DockerGateway:
             raise _as_unavailable(e) from None
         return [_container_info(c.attrs) for c in found]
 
+    def containers_with_label(self, label: str) -> list[ContainerInfo]:
+        """Every container (running or not) carrying ``label`` (``key`` or ``key=value``)."""
+        try:
+            found = self.client.containers.list(all=True, filters={"label": label})
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return [_container_info(c.attrs) for c in found]
+
+    def volumes_with_label(self, label: str) -> list[str]:
+        """Names of the volumes carrying ``label`` (``key`` or ``key=value``)."""
+        try:
+            found = self.client.volumes.list(filters={"label": label})
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return [v.name for v in found]
+
 
 def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
     state = attrs.get("State") or {}
@@ -195,6 +214,8 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
         image=(attrs.get("Config") or {}).get("Image", ""),
         started_at=_parse_time(state.get("StartedAt")),
         mounts=mounts,
+        compose_project=((attrs.get("Config") or {}).get("Labels") or {}).get(
+            COMPOSE_PROJECT_LABEL) or None,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from dcb.services.config import Config
 from dcb.services.state import state_for
-from dcb.services.store import BackupStore
+from dcb.services.store import BackupSet, BackupStore
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
     verified_ok = {h["id"] for h in history if h.get("kind") == "verify" and h.get("ok")}
     drills = [h for h in history if h.get("kind") == "drill"]
     items = []
-    wanted = [("database", d) for d in cfg.stack.databases] + \
+    wanted = [("database", d) for d in _databases(cfg, sets)] + \
         [("volume", v) for v in cfg.stack.volumes]
     for kind, name in wanted:
         having = [s for s in sets if s.status in ("complete", "legacy")
@@ -91,3 +91,15 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
                       last_drill_ok=last.get("ok") if last else None,
                       last_drill_at=last.get("at") if last else None,
                       incidents=tuple(incidents))
+
+
+def _databases(cfg: Config, sets: list[BackupSet]) -> tuple[str, ...]:
+    """The configured databases; with ``databases = "all"`` (known only to the cluster),
+    those of the newest complete backup."""
+    if not cfg.stack.all_databases:
+        return cfg.stack.listed_databases
+    done = [s for s in sets if s.status == "complete" and s.purpose == "backup"]
+    if not done:
+        return ()
+    newest = max(done, key=lambda s: s.created_at)
+    return tuple(a.name for a in newest.artifacts if a.kind == "database")

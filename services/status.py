@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dcb.services.config import Config
+from dcb.services.coverage import Coverage, coverage
 from dcb.services.disk import DiskUsage, disk_usage
 from dcb.services.docker_gateway import ContainerInfo, DockerGateway
 
@@ -44,7 +45,14 @@ class StackStatus:
     backup_dir: str
     backups: BackupSummary
     problems: tuple[str, ...] = field(default=())
-    """Human-readable problems (a missing container or volume)."""
+    """Human-readable problems (a missing container, volume or database): exit code 4."""
+    coverage: Coverage | None = None
+    """What is and is not backed up; None when not collected."""
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is not protected, or may be inconsistent: said, but not an error."""
+        return self.coverage.warnings if self.coverage is not None else ()
 
     def to_json(self) -> dict[str, Any]:
         now = self.collected_at
@@ -83,6 +91,8 @@ class StackStatus:
                 if self.backups.newest_created_at else None,
             },
             "problems": list(self.problems),
+            "warnings": list(self.warnings),
+            "coverage": self.coverage.to_json() if self.coverage is not None else None,
         }
 
 
@@ -98,8 +108,12 @@ def summarize_backups(cfg: Config) -> BackupSummary:
     return BackupSummary(count=len(sets), newest_id=newest.id, newest_created_at=newest.created_at)
 
 
-def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
-    """Ask Docker and the filesystem for the current state; raises ``DockerUnavailable``."""
+def collect_status(cfg: Config, gateway: DockerGateway, *,
+                   with_coverage: bool = True) -> StackStatus:
+    """Ask Docker and the filesystem for the current state; raises ``DockerUnavailable``.
+
+    ``with_coverage`` also lists every database and stack volume with what protects it (one
+    query in the PostgreSQL container, services/coverage.py)."""
     problems: list[str] = []
     containers: list[ContainerStatus] = []
     roles = [(cfg.stack.postgres_container, "postgres")] + [
@@ -124,6 +138,11 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
                                     used_by=users))
 
     from dcb.services.state import state_for
+    cov = coverage(cfg, gateway, sizes) if with_coverage else None
+    if cov is not None:
+        problems += [f"database {i.name!r} not found in {cfg.stack.postgres_container}"
+                     for i in cov.missing if i.kind == "database"]
+
     from dcb.services.stopped import StoppedLedger
 
     for name, by in StoppedLedger(state_for(cfg).root).pending().items():
@@ -137,6 +156,7 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
         backup_dir=str(cfg.backup_dir),
         backups=summarize_backups(cfg),
         problems=tuple(problems),
+        coverage=cov,
     )
 
 

@@ -24,6 +24,7 @@ from dcb.services.status import StackStatus
 from dcb.tui.messages import ContainerEvent
 from dcb.tui.sources import Sources
 from dcb.widgets.backups_table import BackupsTable
+from dcb.widgets.coverage_line import CoverageLine
 from dcb.widgets.status_panes import ContainersPane, DiskPane, StatusLine
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield StatusLine(id="statusline")
+        yield CoverageLine(id="coverage")
         with Horizontal(id="top"):
             yield ContainersPane(id="containers")
             yield DiskPane(id="disk")
@@ -162,6 +164,7 @@ class DashboardScreen(Screen[None]):
     def _render_status(self) -> None:
         problems = self.status.problems if self.status is not None else ()
         self.query_one(StatusLine).show(self.overview, self.docker_state, problems)
+        self.query_one(CoverageLine).show(self.status.warnings if self.status else ())
         # The disk is local: shown even while Docker is unreachable.
         self.query_one(DiskPane).show(self.status, self.overview,
                                       self.cfg.storage.min_free_percent, self.disk)
