@@ -14,6 +14,7 @@ import docker.errors
 import requests.exceptions
 
 from dcb import __version__
+from dcb.services import encryption
 from dcb.services.config import Config, load_config
 from dcb.services.errors import DcbError, DockerUnavailable
 
@@ -94,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(getattr(args, "config", None))
+        encryption.use_config(cfg)  # readers decrypt with [encryption] identity_file
         if args.command is None:
             from dcb.tui.app import run_tui
 
