@@ -22,10 +22,15 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         st = collect_status(cfg, gw)
     finally:
         gw.close()
+    from dcb.cli.replicate_commands import lag_text, replication_status
+
+    dests = replication_status(cfg)
     if args.json:
-        print_json(st.to_json())
+        print_json({**st.to_json(), "replication": [d.to_json() for d in dests]})
     else:
         print(status_text(st))
+        if dests:
+            print("\nReplication\n" + lag_text(dests))
     if st.problems:
         for p in st.problems:
             sys.stderr.write(f"dcb: {p}\n")
@@ -61,8 +66,9 @@ def _show(v: Any) -> str:
 
 def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
-    from dcb.cli import du_command, restore_commands, store_commands
+    from dcb.cli import du_command, replicate_commands, restore_commands, store_commands
 
     store_commands.register(add)
     restore_commands.register(add)
     du_command.register(add)
+    replicate_commands.register(add)
