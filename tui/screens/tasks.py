@@ -23,6 +23,7 @@ from dcb.services.errors import Cancelled, DcbError
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import Event
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview
+from dcb.services.replicate import ReplicationResult, replicate
 from dcb.services.retention import REASON_REMOVE, Decision, items_of
 from dcb.services.store import BackupSet, BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
@@ -176,6 +177,33 @@ class BackupScreen(TaskScreen):
         s: BackupSet = result
         return (f"[green]✓ backup {s.id} complete[/]: {len(s.artifacts)} artifacts, "
                 f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}")
+
+
+class ReplicateScreen(TaskScreen):
+    """``R``: the selected set to every destination, with the backup's progress display."""
+
+    title_text = "Replicate"
+
+    def __init__(self, cfg: Config, set_id: str) -> None:
+        super().__init__(cfg)
+        self.set_id = set_id
+        self.title_text = f"Replicate {set_id}"
+
+    def work(self) -> ReplicationResult:
+        return replicate(self.cfg, [self.set_id], reporter=self.reporter, cancel=self.cancel)
+
+    def describe(self, result: Any) -> str:
+        r: ReplicationResult = result
+        lines = []
+        for d in r.destinations:
+            if d.error:
+                lines.append(f"[b red]✗ {d.name}: {d.error}[/]")
+            elif d.copied:
+                lines.append(f"[green]✓ {d.name}: copied and verified[/] "
+                             f"({fmt.size(d.bytes)} in {fmt.duration(d.seconds)})")
+            else:
+                lines.append(f"[green]✓ {d.name}: already there[/]")
+        return "\n".join(lines)
 
 
 class VerifyScreen(TaskScreen):
