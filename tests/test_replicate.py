@@ -189,3 +189,33 @@ def _wait(cond, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ('[replication.x]\ntype = "ftp"\n', "[replication.x] type must be one of"),
+    ('[replication.x]\ntype = "local"\n', "[replication.x] path is required"),
+    ('[replication.x]\ntype = "local"\npath = "/a"\nbukcet = "b"\n',
+     "unknown key [replication.x] bukcet"),
+    ('[replication.x]\ntype = "s3"\nbucket = 3\n', "[replication.x] bucket: expected a string"),
+    ('[replication.x]\ntype = "rsync"\nhost = "h"\npath = "/p"\n',
+     "[replication.x] known_hosts is required"),
+    ('[replication.x]\ntype = "s3"\nbucket = "b"\nrequest_checksum_calculation = "never"\n',
+     "request_checksum_calculation must be"),
+])
+def test_destination_tables_are_strict(tmp_path: Path, table: str, expected: str):
+    cfg = tmp_path / "dcb.toml"
+    cfg.write_text(table)
+    r = run_dcb("config", "--config", str(cfg))
+    assert r.code == 2 and expected in r.err and str(cfg) in r.err
+
+
+def test_destination_retention_falls_back_to_the_global_policy(tmp_path: Path):
+    cfg = write_config(tmp_path, '[retention]\nkeep_daily = 9\n[replication.n]\ntype = "local"\n'
+                                 'path = "n"\nkeep_weekly = 1\n')
+    c = load_config(str(cfg))
+    pol = c.replication.destinations["n"].retention(c.retention)
+    assert (pol.keep_daily, pol.keep_weekly, pol.keep_monthly) == (9, 1, 12)
+    r = run_dcb("config", "--json", "--config", str(cfg))
+    settings = json.loads(r.out)["settings"]
+    assert settings["replication.n.keep_weekly"]["value"] == 1
+    assert settings["replication.n.keep_weekly"]["source"].startswith("file")
