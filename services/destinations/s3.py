@@ -17,6 +17,7 @@ import hashlib
 import socket
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from dcb.services.destinations.base import (
 from dcb.services.store import MANIFEST, SET_ID_RE
 
 PART = 16 * 1024 * 1024
+STALE_UPLOAD = timedelta(days=1)
 CONCURRENCY = 8
 
 
@@ -108,11 +110,18 @@ class S3Destination(Destination):
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             raise self._fail(e, "listing") from None
 
-    def _abort_open_uploads(self, set_id: str) -> None:
+    def _abort_open_uploads(self, set_id: str, older_than: timedelta | None = None) -> None:
+        """Abort multipart uploads left open under this set (or, with ``older_than``, under
+        the whole prefix: a killed run's, for a set never sent again)."""
+        prefix = self._key(set_id) if set_id else self.prefix + "/"
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.bucket, Prefix=self._key(set_id))
+            Bucket=self.bucket, Prefix=prefix)
+        now = datetime.now(UTC)
         for page in pages:
             for u in page.get("Uploads", []):
+                started = u.get("Initiated")
+                if older_than is not None and (started is None or now - started < older_than):
+                    continue
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"],
                                                    UploadId=u["UploadId"])
 
@@ -136,6 +145,7 @@ class S3Destination(Destination):
         manifest = next(f for f in files if f.name == MANIFEST)
         uploaded: list[str] = []
         try:
+            self._abort_open_uploads("", older_than=STALE_UPLOAD)
             self._abort_open_uploads(set_id)
             for f in artifacts:
                 key = self._key(set_id, f.name)
