@@ -31,6 +31,29 @@ HOSTKEY_RE = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATIO
                         r"No .* host key is known", re.I)
 
 
+PROGRESS_RE = re.compile(rb"^\s*([\d,]+)\s+\d+%")
+
+
+class _Progress:
+    """Feeds ``rsync --info=progress2`` (bytes so far, on \\r-separated lines) to a Transfer."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        self.transfer = transfer
+        self.seen = 0
+        self.tail = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        parts = re.split(rb"[\r\n]", self.tail + chunk)
+        self.tail = parts.pop()
+        for part in parts:
+            m = PROGRESS_RE.match(part)
+            if m:
+                done = int(m.group(1).replace(b",", b""))
+                if done > self.seen:
+                    self.transfer.meter.add(done - self.seen)
+                    self.seen = done
+
+
 class RsyncDestination(Destination):
     type = "rsync"
 
@@ -61,7 +84,9 @@ class RsyncDestination(Destination):
              check: bool = True) -> str:
         delay = 1.0
         for attempt in range(1, self.dcfg.retries + 1):
-            ran = run_bounded(argv, self.dcfg.timeout, transfer.cancel if transfer else None)
+            progress = _Progress(transfer) if transfer is not None else None
+            ran = run_bounded(argv, self.dcfg.timeout, transfer.cancel if transfer else None,
+                              on_output=progress)
             if ran.code == 0 or not check:
                 return ran.output
             if HOSTKEY_RE.search(ran.output):
@@ -83,7 +108,7 @@ class RsyncDestination(Destination):
 
     def _rsync(self, *args: str) -> list[str]:
         # No --partial, ever: an interrupted file must not keep its final name.
-        return ["rsync", "-rt", "--chmod=D700,F600", "--timeout=120",
+        return ["rsync", "-rt", "--chmod=D700,F600", "--timeout=120", "--info=progress2",
                 "-e", shlex.join(self.ssh_argv()), *args]
 
     def list_sets(self) -> list[str]:
@@ -109,7 +134,6 @@ class RsyncDestination(Destination):
                                       f"{self.remote}:{tmp}/"), f"sending {set_id}", transfer)
             finally:
                 list_file.unlink(missing_ok=True)
-            transfer.add(sum(f.size_bytes for f in files))
             out = self._ssh(f"cd {qt} && sha256sum -- "
                             + " ".join(shlex.quote(f.name) for f in files),
                             f"checking the copy of {set_id}")
