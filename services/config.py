@@ -175,10 +175,14 @@ class DestinationConfig:
     keep_monthly: int = -1
 
     def retention(self, default: RetentionConfig) -> RetentionConfig:
-        """This destination's keep_* rules, each falling back to ``[retention]``."""
-        return RetentionConfig(**{
-            k: (getattr(self, k) if getattr(self, k) >= 0 else getattr(default, k))
-            for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")})
+        """This destination's policy: ``[retention]`` (with its per-group tables) when it
+        sets no keep_*; otherwise its keep_* for every item, each unset one falling back to
+        ``[retention]``'s."""
+        keys = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
+        own = {k: getattr(self, k) for k in keys if getattr(self, k) >= 0}
+        if not own:
+            return default
+        return RetentionConfig(**{k: own.get(k, getattr(default, k)) for k in keys})
 
 
 DESTINATION_TYPES = ("local", "rsync", "s3", "command")
@@ -541,9 +545,9 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: [storage] space_estimate_ratio must be in (0, 10]")
     if not 0 <= s.min_free_percent <= 90:
         raise ConfigError(f"{where}: [storage] min_free_percent must be 0-90")
-    for r in cfg.encryption.recipients:
-        if not (r.startswith("age1") or r.startswith("ssh-")):
-            raise ConfigError(f"{where}: [encryption] recipients: {r[:20]!r} is not an age "
+    for rcp in cfg.encryption.recipients:
+        if not (rcp.startswith("age1") or rcp.startswith("ssh-")):
+            raise ConfigError(f"{where}: [encryption] recipients: {rcp[:20]!r} is not an age "
                               "recipient (age1...)", hint="`dcb keygen` makes one")
     if cfg.replication.watch_interval <= 0:
         raise ConfigError(f"{where}: [replication] watch_interval must be > 0")

@@ -55,6 +55,7 @@ from dcb.services.store import (
     DIR_MODE,
     MANIFEST,
     SET_ID_RE,
+    Artifact,
     BackupSet,
     BackupStore,
     parse_set_id,
@@ -87,11 +88,13 @@ class Ledger:
         change(d)
         atomic_write_bytes(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
 
-    def record(self, dest: str, set_id: str, size: int, seconds: float) -> None:
+    def record(self, dest: str, s: BackupSet, size: int, seconds: float) -> None:
         now = _now_iso()
+        items = sorted({(a.kind, a.name) for a in s.artifacts})
 
         def change(d: dict[str, Any]) -> None:
-            d["sets"][set_id] = {"at": now, "bytes": size, "seconds": round(seconds, 3)}
+            d["sets"][s.id] = {"at": now, "bytes": size, "seconds": round(seconds, 3),
+                               "items": [list(i) for i in items]}
             d["last_ok_at"] = now
             d.pop("last_error", None)
 
@@ -330,7 +333,8 @@ def _to_destination(cfg: Config, name: str, sets: Sequence[BackupSet], ledger: L
             have = set(ledger.copies(name))
         wanted = set(s.id for s in sets)
         if prune:  # never send what this destination's retention would remove at once
-            wanted = _kept(cfg, name, sorted(have | wanted)) & wanted
+            local = {s.id: s for s in sets}
+            wanted = _kept(cfg, dest, sorted(have | wanted), local, ledger) & wanted
         for s in sets:
             if s.id in have or s.id not in wanted:
                 result.skipped.append(s.id)
@@ -366,36 +370,57 @@ def _copy_one(dest: Destination, s: BackupSet, ledger: Ledger, report: Reporter,
         report(StageFailed(stage, e.message if isinstance(e, DcbError) else str(e)))
         raise
     meter.flush()
-    ledger.record(dest.name, s.id, total, meter.seconds)
+    ledger.record(dest.name, s, total, meter.seconds)
     report(StageFinished(stage, total, meter.seconds, detail=dest.describe()))
     return total
 
 
-def _stand_in(set_id: str, where: Path) -> BackupSet:
-    return BackupSet(id=set_id, path=where, status="complete", created_at=parse_set_id(set_id))
+def _copy_as_set(set_id: str, local: dict[str, BackupSet], copies: dict[str, Any],
+                 dest: Destination, scratch: Path) -> BackupSet:
+    """What retention needs to know of a copy (its items): from the local set, the ledger,
+    or, for a copy neither knows, its manifest at the destination. A copy whose manifest
+    cannot be read is never removed (status ``unreadable``)."""
+    if set_id in local:
+        return local[set_id]
+    created = parse_set_id(set_id)
+    items = copies.get(set_id, {}).get("items")
+    if isinstance(items, list) and items:
+        arts = tuple(Artifact(kind=str(k), name=str(n), file="", size_bytes=0, sha256=None,
+                              compression="none") for k, n in items)
+        return BackupSet(id=set_id, path=scratch, status="complete", created_at=created,
+                         artifacts=arts)
+    try:
+        return _parse_manifest(dest, set_id, scratch / set_id)
+    except DcbError as e:
+        return BackupSet(id=set_id, path=scratch, status="unreadable", created_at=created,
+                         error=e.message)
 
 
-def _kept(cfg: Config, name: str, ids: Sequence[str]) -> set[str]:
-    """The ids a destination's retention keeps (its keep_*, else [retention])."""
-    policy = cfg.replication.destinations[name].retention(cfg.retention)
-    decisions = retention_plan([_stand_in(i, Path("/")) for i in ids], policy,
-                               datetime.now(UTC))
+def _kept(cfg: Config, dest: Destination, ids: Sequence[str], local: dict[str, BackupSet],
+          ledger: Ledger) -> set[str]:
+    """The ids the destination's retention keeps (per item, services/retention.py; its
+    keep_*, else [retention])."""
+    policy = cfg.replication.destinations[dest.name].retention(cfg.retention)
+    copies = ledger.copies(dest.name)
+    with _scratch(cfg) as tmp:
+        sets = [_copy_as_set(i, local, copies, dest, tmp) for i in ids]
+        decisions = retention_plan(sets, policy, datetime.now(UTC))
     return {d.set.id for d in decisions if d.keep}
 
 
 def _prune_destination(cfg: Config, dest: Destination, ledger: Ledger,
                        report: Reporter) -> list[str]:
-    """The destination's retention (its keep_*, else [retention]); the newest verified copy
-    (newest in the ledger) is always kept.
-
-    TODO(issue 15): switch to the per-item retention planner when it lands on main."""
+    """The destination's retention; the newest verified copy (newest in the ledger) is
+    always kept."""
     present = dest.list_sets()
     copies = ledger.copies(dest.name)
     ids = present if present is not None else sorted(copies)
     if not ids:
         return []
+    local = {s.id: s for s in BackupStore.for_config(cfg).list_sets()
+             if s.status == "complete"}
     newest_verified = max(copies, default=None)
-    kept = _kept(cfg, dest.name, ids)
+    kept = _kept(cfg, dest, ids, local, ledger)
     doomed = [i for i in ids if i not in kept and i != newest_verified]
     removed = []
     for set_id in doomed:
