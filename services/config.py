@@ -140,7 +140,7 @@ class DestinationConfig:
     """One ``[replication.NAME]`` table: where off-site copies go (services/destinations/).
 
     Only the keys of its ``type`` apply; credentials never live here (S3: boto3's standard
-    chain; rsync: ``identity_file``). ``keep_*`` of -1 means "the [retention] value"."""
+    chain; rsync: ``identity_file``). ``keep_*`` of -1 means unset (see ``retention``)."""
 
     type: str = ""
     path: str = ""
