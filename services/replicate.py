@@ -342,7 +342,9 @@ def _to_destination(cfg: Config, name: str, sets: Sequence[BackupSet], ledger: L
             result.bytes += _copy_one(dest, s, ledger, report, cancel)
             result.copied.append(s.id)
         if prune:
-            result.pruned = _prune_destination(cfg, dest, ledger, report)
+            now_there = None if present is None else sorted(set(present) | set(result.copied))
+            result.pruned = _prune_destination(cfg, dest, ledger, report, now_there,
+                                               {s.id: s for s in sets})
         ledger.ok(name)
     except Cancelled:
         raise
@@ -408,17 +410,15 @@ def _kept(cfg: Config, dest: Destination, ids: Sequence[str], local: dict[str, B
     return {d.set.id for d in decisions if d.keep}
 
 
-def _prune_destination(cfg: Config, dest: Destination, ledger: Ledger,
-                       report: Reporter) -> list[str]:
-    """The destination's retention; the newest verified copy (newest in the ledger) is
-    always kept."""
-    present = dest.list_sets()
+def _prune_destination(cfg: Config, dest: Destination, ledger: Ledger, report: Reporter,
+                       present: Sequence[str] | None,
+                       local: dict[str, BackupSet]) -> list[str]:
+    """The destination's retention over ``present`` (its listing; None: the ledger's);
+    the newest verified copy (newest in the ledger) is always kept."""
     copies = ledger.copies(dest.name)
     ids = present if present is not None else sorted(copies)
     if not ids:
         return []
-    local = {s.id: s for s in BackupStore.for_config(cfg).list_sets()
-             if s.status == "complete"}
     newest_verified = max(copies, default=None)
     kept = _kept(cfg, dest, ids, local, ledger)
     doomed = [i for i in ids if i not in kept and i != newest_verified]
