@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from dcb.services.artifacts import atomic_write_bytes, fsync_dir, sha256_file
-from dcb.services.backup import append_history, ensure_store_dir
 from dcb.services.config import Config
 from dcb.services.destinations import Destination, DestinationError, open_destination
 from dcb.services.destinations.base import (
@@ -300,6 +299,10 @@ def replicate(cfg: Config, set_ids: Sequence[str] | None = None,
     else:
         chosen = replicable(all_sets)
     chosen.sort(key=lambda s: s.created_at)  # oldest first: the newest is never half-sent
+    # Imported here: the backup engine pulls in Docker and PostgreSQL modules that a
+    # replication round never needs (start-up time of `dcb replicate --all`).
+    from dcb.services.backup import append_history, ensure_store_dir
+
     ensure_store_dir(root)
     results = []
     with _replicate_lock(root):
@@ -537,6 +540,8 @@ def fetch(cfg: Config, name: str, set_id: str, reporter: Reporter = null_reporte
     cancel = cancel or threading.Event()
     report = locked(reporter)
     root = cfg.backup_dir
+    from dcb.services.backup import ensure_store_dir
+
     ensure_store_dir(root)
     cache = root / FETCH_DIR / name
     (root / FETCH_DIR).mkdir(exist_ok=True, mode=DIR_MODE)
