@@ -25,6 +25,7 @@ import platformdirs
 import requests.exceptions
 
 from dcb import __version__
+from dcb.services import encryption
 from dcb.services.config import Config, load_config
 from dcb.services.errors import DcbError, DockerUnavailable
 
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threading.excepthook = _thread_crashed
     try:
         cfg = load_config(getattr(args, "config", None))
+        encryption.use_config(cfg)  # readers decrypt with [encryption] identity_file
         if args.command is None:
             from dcb.tui.app import run_tui
 

@@ -23,6 +23,7 @@ from dcb.services.restore import (
     RestoreRequest,
 )
 from dcb.services.state import state_for
+from dcb.services.store import BackupStore
 
 
 def register(add: AddCommand) -> None:
@@ -55,6 +56,9 @@ def register(add: AddCommand) -> None:
                         "owner, mode) instead of rewriting every file: much faster when most "
                         "files are unchanged; a file altered without changing those is kept")
     p.add_argument("--json", action="store_true", help="print the plan/report as JSON")
+    p.add_argument("--from", dest="from_", metavar="NAME",
+                   help="fetch the set from this [replication] destination first (verified "
+                        "before use): recovery on a new host with an empty backup dir")
 
     p = add("drill", "restore a set into a throwaway sandbox, verify it, measure the RTO",
             cmd_drill,
@@ -113,6 +117,17 @@ def report_text(r: RestoreReport) -> str:
 
 
 def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
+    if not getattr(args, "from_", None):
+        return _restore(args, cfg)
+    from dcb.cli.replicate_commands import fetched_store
+
+    printer = ProgressPrinter(quiet=args.json)
+    with fetched_store(cfg, args.from_, args.id, printer) as store:
+        printer.close()
+        return _restore(args, cfg, store)
+
+
+def _restore(args: argparse.Namespace, cfg: Config, store: BackupStore | None = None) -> int:
     request = RestoreRequest(
         set_id=args.id, databases=tuple(args.db) if args.db else None,
         volumes=tuple(args.volume) if args.volume else None, target_db=args.as_name,
@@ -120,6 +135,8 @@ def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
     printer = ProgressPrinter(quiet=args.json)
     cancel = threading.Event()
     flow = RestoreFlow(cfg, printer, cancel)
+    if store is not None:  # --from: the verified copy fetched from a destination
+        flow.store = store
     try:
         plan = flow.prepare(request)
         problems = flow.preflight(plan)

@@ -45,6 +45,8 @@ def register(add: AddCommand) -> None:
             "List every set in the backup dir: complete, failed, incomplete (an interrupted "
             "run) and legacy sets made by the old bash scripts.")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--from", dest="from_", metavar="NAME",
+                   help="list the copies at this [replication] destination instead")
 
     p = add("show", "show one set's artifacts, checksums and row counts", cmd_show)
     p.add_argument("id", metavar="ID", help="set id (see `dcb list`)")
@@ -60,6 +62,9 @@ def register(add: AddCommand) -> None:
     p.add_argument("--all", action="store_true", help="verify every set")
     p.add_argument("--deep", action="store_true", help="also read every archive through")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--from", dest="from_", metavar="NAME",
+                   help="fetch the set from this [replication] destination (verified) and "
+                        "verify that copy")
 
     p = add("prune", "remove sets the retention policy no longer keeps", cmd_prune,
             "Apply [retention] to each database, each volume and the roles separately "
@@ -101,12 +106,26 @@ def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
     if not args.quiet:
         sys.stderr.write(f"backup {s.id} complete: {len(s.artifacts)} artifacts, "
                          f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}\n")
+    code = 0
+    if cfg.replication.after_backup and cfg.replication.destinations:
+        from dcb.services.replicate import replicate_after_backup
+
+        printer = ProgressPrinter(quiet=args.quiet)
+        try:
+            rep = replicate_after_backup(cfg, s, printer, cancel)
+        finally:
+            printer.close()
+        for d in rep.destinations if rep else ():
+            if d.error:
+                sys.stderr.write(f"dcb: backup {s.id} is complete, but replication to "
+                                 f"{d.name} failed: {d.error}\n")
+                code = 1
     if args.prune:
         pruned = prune(cfg)
         if pruned.removed and not args.quiet:
             sys.stderr.write(f"pruned {len(pruned.removed)} sets, freed "
                              f"{fmt.size(pruned.freed_bytes)}\n")
-    return 0
+    return code
 
 
 def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -118,6 +137,10 @@ def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    if getattr(args, "from_", None):
+        from dcb.cli.replicate_commands import cmd_list_from
+
+        return cmd_list_from(args, cfg)
     sets = BackupStore.for_config(cfg).list_sets()
     verified = _verified_index(cfg)
     if args.json:
@@ -169,6 +192,10 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    if getattr(args, "from_", None):
+        from dcb.cli.replicate_commands import cmd_verify_from
+
+        return cmd_verify_from(args, cfg)
     store = BackupStore.for_config(cfg)
     sets = store.list_sets()
     if args.all and args.id:

@@ -13,12 +13,13 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-pkgs=(python3 python3-venv python3-pip ca-certificates)
+# age: encryption at rest; rsync + openssh-client: rsync destinations ([replication]).
+pkgs=(python3 python3-venv python3-pip ca-certificates age rsync openssh-client)
 # Only install Debian's engine where no engine is installed (never fight docker-ce).
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
 if [ $want_test = 1 ]; then
-    pkgs+=(debootstrap busybox-static tmux rsync openssh-server openssh-client \
+    pkgs+=(debootstrap busybox-static tmux openssh-server \
            postgresql-client e2fsprogs util-linux procps acl libcap2-bin)
 fi
 missing=()

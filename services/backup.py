@@ -36,6 +36,7 @@ from dcb.services.coverage import (
 from dcb.services.disk import disk_usage
 from dcb.services.docker_exec import StepGuard, remove_stale_helpers, store_tag
 from dcb.services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.encryption import age_tool
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
 from dcb.services.postgres import (
@@ -179,6 +180,7 @@ class BackupRun:
         self.state = state_for(cfg)
         self.store = BackupStore.for_config(cfg)
         self.ledger = StoppedLedger(self.state.root)
+        self.recipients = cfg.encryption.recipients
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, request: BackupRequest | None = None) -> BackupSet:
@@ -278,6 +280,8 @@ class BackupRun:
                 "server_version": plan.server_version,
             },
             "size_bytes": sum(a.size_bytes for a in artifacts),
+            **({"encryption": {"format": "age", "recipients": list(self.recipients)}}
+               if self.recipients else {}),
             "artifacts": [a.to_json() for a in artifacts],
         }
         atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
@@ -329,6 +333,8 @@ class BackupRun:
     def _precheck(self, gw: DockerGateway, pg: PgGateway, plan: _Plan) -> None:
         self.report(StageStarted("precheck"))
         t0 = time.monotonic()
+        if self.recipients:
+            age_tool()  # missing: refused before anything is stopped or written
         pgc = gw.container(self.cfg.stack.postgres_container)
         if not pgc.running:
             raise DcbError(f"PostgreSQL container {pgc.name!r} is {pgc.state}, not running",
@@ -443,7 +449,8 @@ class BackupRun:
         self.report(StageStarted(stage))
         meter = ByteMeter(stage, self.report)
         fname = "globals.sql" + EXTENSIONS[st.compression]
-        with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:
+        with ArtifactWriter(set_dir / fname, st.compression, st.compression_level,
+                            self.recipients) as w:
             with pg.dump_globals() as proc:
                 self._pump(proc, w, meter)
                 code = proc.wait()
@@ -473,7 +480,8 @@ class BackupRun:
         else:
             fname, compression = f"db-{db}.sql" + EXTENSIONS[st.compression], st.compression
         with pg.snapshot_session(db) as snap, \
-                ArtifactWriter(set_dir / fname, compression, st.compression_level) as w:
+                ArtifactWriter(set_dir / fname, compression, st.compression_level,
+                               self.recipients) as w:
             proc = pg.dump(db, fmt=fmt, snapshot=snap.snapshot,
                            lock_wait_timeout=self.cfg.stack.lock_wait_timeout)
             counts: dict[str, int] = {}
@@ -518,11 +526,9 @@ class BackupRun:
             if counter.is_alive():
                 raise DumpError(f"counting rows of {db} did not finish")
             written = w.commit()
-        if fmt == "custom":
-            with open(written.path, "rb") as f:
-                if f.read(5) != CUSTOM_MAGIC:
-                    written.path.unlink()
-                    raise DumpError(f"pg_dump {db}: not a custom-format archive")
+        if fmt == "custom" and not w.head.startswith(CUSTOM_MAGIC):
+            written.path.unlink()
+            raise DumpError(f"pg_dump {db}: not a custom-format archive")
         self.report(StageFinished(stage, written.size_bytes, meter.seconds,
                                   detail=f"{len(counts)} tables"))
         return Artifact(kind="database", name=db, file=fname, size_bytes=written.size_bytes,
@@ -584,7 +590,7 @@ class BackupRun:
                 "zstd" if write_compression != st.compression else "none",
                 hint="nothing was stored: move or remove it in the volume, then back up again")
             with ArtifactWriter(set_dir / fname, write_compression,
-                                st.compression_level) as w:
+                                st.compression_level, self.recipients) as w:
                 damaged: CorruptArchive | None = None
                 try:
                     try:

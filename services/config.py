@@ -186,6 +186,83 @@ class ObjectivesConfig:
     """Last drill's measured time to recover above this: the objective is missed."""
 
 
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One ``[replication.NAME]`` table: where off-site copies go (services/destinations/).
+
+    Only the keys of its ``type`` apply; credentials never live here (S3: boto3's standard
+    chain; rsync: ``identity_file``). ``keep_*`` of -1 means unset (see ``retention``)."""
+
+    type: str = ""
+    path: str = ""
+    """local: the directory; rsync: the directory on the remote host."""
+    host: str = ""
+    user: str = ""
+    port: int = 22
+    identity_file: str = ""
+    known_hosts: str = ""
+    """rsync: the known_hosts file holding the host's key (host-key checking is always on)."""
+    bucket: str = ""
+    prefix: str = ""
+    """s3: key prefix; empty means the host name, so several hosts can share a bucket."""
+    endpoint_url: str = ""
+    region: str = ""
+    storage_class: str = ""
+    request_checksum_calculation: str = "when_supported"
+    """s3: boto3's ``when_supported`` (new default checksums) or ``when_required`` (for
+    S3-compatible servers that reject them)."""
+    retries: int = 5
+    """s3/rsync: attempts per request for transient errors (backoff between them)."""
+    command: tuple[str, ...] = ()
+    """command: argv template with {set_dir} {set_id} {file}; run without a shell."""
+    list_command: tuple[str, ...] = ()
+    fetch_command: tuple[str, ...] = ()
+    delete_command: tuple[str, ...] = ()
+    timeout: float = 3600.0
+    """command/rsync: seconds before the process group is killed."""
+    keep_last: int = -1
+    keep_daily: int = -1
+    keep_weekly: int = -1
+    keep_monthly: int = -1
+
+    def retention(self, default: RetentionConfig) -> RetentionConfig:
+        """This destination's policy: ``[retention]`` (with its per-group tables) when it
+        sets no keep_*; otherwise its keep_* for every item, each unset one falling back to
+        ``[retention]``'s."""
+        keys = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
+        own = {k: getattr(self, k) for k in keys if getattr(self, k) >= 0}
+        if not own:
+            return default
+        return RetentionConfig(**{k: own.get(k, getattr(default, k)) for k in keys})
+
+
+DESTINATION_TYPES = ("local", "rsync", "s3", "command")
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """``[replication]``: flat keys; each ``[replication.NAME]`` sub-table is a destination."""
+
+    after_backup: bool = False
+    """Replicate each new set to every destination right after a successful backup."""
+    watch_interval: float = 300.0
+    """``dcb replicate --watch``: seconds between rounds."""
+    destinations: Mapping[str, DestinationConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """``[encryption]``: age encryption at rest (services/encryption.py)."""
+
+    recipients: tuple[str, ...] = ()
+    """age recipients (``age1...``): every artifact is encrypted to them as it streams."""
+    identity_file: str = ""
+    """age identity (mode 0600) for deep verify and restore; not needed to back up."""
+
+
+# Sections that may hold named sub-tables ([replication.NAME]) and the type of each table.
+NAMED_TABLES: dict[str, tuple[str, type]] = {"replication": ("destinations", DestinationConfig)}
+
 SECTIONS: dict[str, type] = {
     "stack": StackConfig,
     "storage": StorageConfig,
@@ -193,6 +270,8 @@ SECTIONS: dict[str, type] = {
     "restore": RestoreConfig,
     "timeouts": TimeoutsConfig,
     "objectives": ObjectivesConfig,
+    "replication": ReplicationConfig,
+    "encryption": EncryptionConfig,
 }
 
 
@@ -204,6 +283,8 @@ class Config:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     path: Path | None = None
     """The file the configuration was read from, if any."""
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -254,10 +335,23 @@ class Config:
         except OSError as e:
             raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
 
+    def resolve_path(self, value: str) -> Path:
+        """A path from the file: ``~`` expanded, relative to the config file's directory."""
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        return p
+
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Every setting by section; a sub-table's keys are dotted (``volumes.keep_daily``)
-        and show their effective value (inherited from the section when unset)."""
-        return {name: _flatten(getattr(self, name)) for name in SECTIONS}
+        and show their effective value (inherited from the section when unset). Each named
+        table (``[replication.NAME]``) is a section of its own."""
+        out = {name: _flatten(getattr(self, name)) for name in SECTIONS}
+        for name, (attr, _cls) in NAMED_TABLES.items():
+            out[name].pop(attr, None)
+            for sub, table in getattr(getattr(self, name), attr).items():
+                out[f"{name}.{sub}"] = _flatten(table)
+        return out
 
 
 def _flatten(obj: Any, prefix: str = "", parent: Any = None) -> dict[str, Any]:
@@ -323,8 +417,12 @@ def load_config(
             raise ConfigError(f"{where}: [{section}] must be a table")
 
     layers = _Layers(where, path, env, overrides or {})
+    named = _named_tables(raw, where, path, layers.sources)
     built = {section: _build(cls, section, raw.get(section, {}), layers)
              for section, cls in SECTIONS.items()}
+    for section, (attr, _cls) in NAMED_TABLES.items():
+        layers.sources.pop(f"{section}.{attr}", None)
+        built[section] = dataclasses.replace(built[section], **{attr: named.get(section, {})})
     cfg = Config(**built, path=path, sources=layers.sources)
     _validate(cfg, where)
     return cfg
@@ -392,6 +490,37 @@ def _optional_inner(typ: Any) -> Any:
         if len(inner) == 1:
             return inner[0]
     return typ
+
+
+def _named_tables(raw: dict[str, Any], where: str, path: Path | None,
+                  sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Pop ``[section.NAME]`` sub-tables out of ``raw`` and build them strictly.
+
+    Only from the file: a sub-table has no environment variables or flags (its name is
+    free-form). Returns section -> {NAME: table}."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, (_attr, cls) in NAMED_TABLES.items():
+        values = raw.get(section)
+        if not isinstance(values, dict):
+            continue
+        hints = typing.get_type_hints(cls)
+        tables: dict[str, Any] = {}
+        for name in [k for k, v in values.items() if isinstance(v, dict)]:
+            table = values.pop(name)
+            label = f"[{section}.{name}]"
+            if not name.replace("-", "_").isidentifier():
+                raise ConfigError(f"{where}: {label}: a name of letters, digits, - and _ only")
+            for key in table:
+                if key not in hints:
+                    raise ConfigError(f"{where}: unknown key {label} {key}",
+                                      hint="known keys: " + ", ".join(hints))
+            kwargs = {k: _coerce(hints[k], v, f"{where}: {label} {k}") for k, v in table.items()}
+            for key in hints:
+                sources[f"{section}.{name}.{key}"] = (f"file {path}" if key in table
+                                                      else "default")
+            tables[name] = cls(**kwargs)
+        out[section] = tables
+    return out
 
 
 def _type_name(typ: Any) -> str:
@@ -519,6 +648,14 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: [timeouts] {key} must be >= 0, got {value}")
     if cfg.timeouts.docker_api == 0:
         raise ConfigError(f"{where}: [timeouts] docker_api must be > 0")
+    for rcp in cfg.encryption.recipients:
+        if not (rcp.startswith("age1") or rcp.startswith("ssh-")):
+            raise ConfigError(f"{where}: [encryption] recipients: {rcp[:20]!r} is not an age "
+                              "recipient (age1...)", hint="`dcb keygen` makes one")
+    if cfg.replication.watch_interval <= 0:
+        raise ConfigError(f"{where}: [replication] watch_interval must be > 0")
+    for name, d in cfg.replication.destinations.items():
+        _validate_destination(name, d, f"{where}: [replication.{name}]")
     _validate_names(cfg.stack, where)
 
 
@@ -561,3 +698,24 @@ def pg_name_problem(name: str) -> str | None:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return "contains a control character (NUL, newline...)"
     return None
+
+
+_REQUIRED = {"local": ("path",), "rsync": ("host", "path", "known_hosts"),
+             "s3": ("bucket",), "command": ("command",)}
+
+
+def _validate_destination(name: str, d: DestinationConfig, where: str) -> None:
+    if d.type not in DESTINATION_TYPES:
+        raise ConfigError(f"{where} type must be one of {', '.join(DESTINATION_TYPES)}, "
+                          f"got {d.type!r}")
+    for key in _REQUIRED[d.type]:
+        if not getattr(d, key):
+            raise ConfigError(f"{where} {key} is required for type {d.type!r}")
+    if d.request_checksum_calculation not in ("when_supported", "when_required"):
+        raise ConfigError(f"{where} request_checksum_calculation must be when_supported or "
+                          f"when_required, got {d.request_checksum_calculation!r}")
+    if not 1 <= d.port <= 65535 or d.retries < 1 or d.timeout <= 0:
+        raise ConfigError(f"{where} port must be 1-65535, retries >= 1, timeout > 0")
+    for key in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+        if getattr(d, key) < -1:
+            raise ConfigError(f"{where} {key} must be >= 0")

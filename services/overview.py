@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from dcb.services.config import Config
+from dcb.services.replicate import DestinationState, destination_states, replicated_summary
 from dcb.services.state import state_for
 from dcb.services.store import BackupSet, BackupStore
 
@@ -26,6 +27,8 @@ class StoreOverview:
     last_good: datetime | None = None
     last_failure: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
+    destinations: tuple[DestinationState, ...] = ()
+    """Each ``[replication.NAME]``: newest copy, lag, last error (from the ledger)."""
 
 
 def store_overview(cfg: Config) -> StoreOverview:
@@ -43,15 +46,20 @@ def store_overview(cfg: Config) -> StoreOverview:
             last_drill = h
     rows = []
     by_kind: dict[str, int] = {}
+    dests = len(cfg.replication.destinations)
+    copies = replicated_summary(cfg) if dests else {}
     for s in sets:
         v = verified.get(s.id)
         vtext = "-" if v is None else (("ok" if v.get("ok") else "FAILED")
                                        + (" (deep)" if v.get("deep") else ""))
-        rows.append(SetRow(s, vtext))
+        rtext = "-" if not dests or s.status != "complete" else \
+            f"{len(copies.get(s.id, ()))}/{dests}"
+        rows.append(SetRow(s, vtext, rtext))
         for a in s.artifacts:
             key = {"database": "databases", "globals": "databases"}.get(a.kind, "volumes")
             by_kind[key] = by_kind.get(key, 0) + a.size_bytes
     good = [s.created_at for s in sets if s.status in ("complete", "legacy")]
     return StoreOverview(rows=tuple(rows), bytes_by_kind=by_kind,
                          last_good=max(good) if good else None,
-                         last_failure=last_failure, last_drill=last_drill)
+                         last_failure=last_failure, last_drill=last_drill,
+                         destinations=tuple(destination_states(cfg, sets=sets)))

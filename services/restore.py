@@ -36,6 +36,7 @@ from dcb.services.backup import (
 from dcb.services.config import Config
 from dcb.services.disk import disk_usage
 from dcb.services.docker_gateway import DockerGateway
+from dcb.services.encryption import is_encrypted
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
 from dcb.services.postgres import PgGateway, major_version
@@ -683,7 +684,7 @@ class RestoreFlow:
         on the same filesystem, else a copy). None when dcb cannot (not root beside the
         engine, or no data volume mounted): the dump is then streamed to pg_restore's stdin.
         """
-        if a.compression != "none":
+        if a.compression != "none" or is_encrypted(s.path / a.file):
             return None
         c = self.gw.find_container(self.target.postgres_container)
         mount = next((m for m in (c.mounts if c else ()) if m.volume), None)

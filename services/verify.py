@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from dcb.services.artifacts import CHUNK
+from dcb.services.encryption import AGE_MAGIC, open_decrypted
 from dcb.services.errors import Cancelled, DcbError
 from dcb.services.postgres import CLUSTER_DUMP_END, PLAIN_DUMP_END, PgGateway
 from dcb.services.progress import (
@@ -147,9 +148,16 @@ def _read_artifact(s: BackupSet, a: Artifact, deep: bool, pg: PgGateway | None,
     deep_problem = note = None
     with f:
         hr = _HashingReader(f, meter, cancel)
+        encrypted = os.pread(f.fileno(), len(AGE_MAGIC), 0) == AGE_MAGIC
         if deep:
             try:
-                note = _deep_read(a, hr, pg, cancel)
+                if encrypted:
+                    # age reads the file itself (a second pass, decrypting in its own
+                    # process); the checksum pass below is still the stored bytes'.
+                    with open_decrypted(path) as plain:
+                        note = _deep_read(a, plain, pg, cancel)
+                else:
+                    note = _deep_read(a, hr, pg, cancel)
             except Cancelled:
                 raise
             except (OSError, EOFError, zlib.error, zstandard.ZstdError, tarfile.TarError,
@@ -191,7 +199,7 @@ def _chunks(f: BinaryIO, cancel: threading.Event) -> Iterator[bytes]:
         yield b
 
 
-def _deep_read(a: Artifact, raw: _HashingReader, pg: PgGateway | None,
+def _deep_read(a: Artifact, raw: BinaryIO | _HashingReader, pg: PgGateway | None,
                cancel: threading.Event) -> str | None:
     fmt = a.source.get("format")
     f = _decompressed(raw, a.compression)

@@ -21,6 +21,7 @@ from dcb.tui.screens.tasks import (
     BackupScopeScreen,
     BackupScreen,
     PruneScreen,
+    ReplicateScreen,
     TaskScreen,
     VerifyScreen,
 )
@@ -103,6 +104,17 @@ class DcbApp(App[int]):
 
     def start_verify(self, set_id: str, deep: bool) -> None:
         self.push_screen(VerifyScreen(self.cfg, set_id, deep), self._refresh_dashboard)
+
+    def start_replicate(self, set_id: str) -> None:
+        if not self.cfg.replication.destinations:
+            self.notify("no destinations: add a [replication.NAME] table to dcb.toml",
+                        severity="warning")
+            return
+        if self.busy:
+            self.notify("a backup, restore or replication is already running",
+                        severity="warning")
+            return
+        self.push_screen(ReplicateScreen(self.cfg, set_id), self._refresh_dashboard)
 
     def action_prune(self) -> None:
         self.push_screen(PruneScreen(self.cfg), self._refresh_dashboard)

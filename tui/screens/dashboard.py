@@ -25,6 +25,7 @@ from dcb.tui.messages import ContainerEvent
 from dcb.tui.sources import Sources
 from dcb.widgets.backups_table import BackupsTable
 from dcb.widgets.coverage_line import CoverageLine
+from dcb.widgets.destinations_pane import DestinationsPane
 from dcb.widgets.status_panes import ContainersPane, DiskPane, StatusLine
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class DashboardScreen(Screen[None]):
         Binding("v", "verify(False)", "Verify", id="verify"),
         Binding("V", "verify(True)", "Deep verify", show=False, id="verify-deep"),
         Binding("p", "app.prune", "Prune", id="prune"),
+        Binding("R", "replicate", "Replicate to the destinations", show=False,
+                id="replicate"),
         Binding("d", "app.du", "Disk usage", show=False, id="du"),
         Binding("o", "app.objectives", "Recovery objectives (RPO/RTO)", show=False,
                 id="objectives"),
@@ -80,6 +83,7 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="top"):
             yield ContainersPane(id="containers")
             yield DiskPane(id="disk")
+        yield DestinationsPane(self.cfg.objectives.rpo_hours, id="destinations")
         yield Input(placeholder="filter by id or status…", id="filter")
         yield BackupsTable(id="backups")
         yield Footer()
@@ -90,6 +94,7 @@ class DashboardScreen(Screen[None]):
             roles.setdefault(n, "app")
         self.query_one(ContainersPane).set_roles(roles)
         self.query_one("#filter", Input).display = False
+        self.query_one(DestinationsPane).display = False
         self.query_one(BackupsTable).focus()
         self._render_status()
         self.watch_docker(list(roles))
@@ -131,6 +136,7 @@ class DashboardScreen(Screen[None]):
             self.overview = msg.overview
             if changed:  # rebuilding a big table every poll would stall the UI
                 self.query_one(BackupsTable).set_rows(list(msg.overview.rows))
+            self.query_one(DestinationsPane).show(msg.overview.destinations)
         if msg.status is not None:
             self.status = msg.status
             self.query_one(ContainersPane).show(msg.status, as_of=msg.started)
@@ -231,3 +237,10 @@ class DashboardScreen(Screen[None]):
             self.notify("select a backup set to verify", severity="warning")
             return
         self._app.start_verify(sid, deep)
+
+    def action_replicate(self) -> None:
+        sid = self._selected()
+        if sid is None:
+            self.notify("select a backup set to replicate", severity="warning")
+            return
+        self._app.start_replicate(sid)

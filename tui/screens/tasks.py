@@ -23,6 +23,7 @@ from dcb.services.errors import Cancelled, DcbError
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import Event
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview
+from dcb.services.replicate import ReplicationResult, replicate, replicate_after_backup
 from dcb.services.retention import REASON_REMOVE, Decision, items_of
 from dcb.services.store import BackupSet, BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
@@ -165,17 +166,52 @@ class BackupScreen(TaskScreen):
     def __init__(self, cfg: Config, scope: str = "all") -> None:
         super().__init__(cfg)
         self.scope = scope
+        self.replication: ReplicationResult | None = None
 
     def work(self) -> BackupSet:
         req = {"all": BackupRequest(),
                "databases": BackupRequest(volumes=()),
                "volumes": BackupRequest(databases=())}[self.scope]
-        return BackupRun(self.cfg, self.reporter, self.cancel).run(req)
+        s = BackupRun(self.cfg, self.reporter, self.cancel).run(req)
+        # [replication] after_backup: the new set goes off-site at once, same progress.
+        self.replication = replicate_after_backup(self.cfg, s, self.reporter, self.cancel)
+        return s
 
     def describe(self, result: Any) -> str:
         s: BackupSet = result
-        return (f"[green]✓ backup {s.id} complete[/]: {len(s.artifacts)} artifacts, "
+        text = (f"[green]✓ backup {s.id} complete[/]: {len(s.artifacts)} artifacts, "
                 f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}")
+        for d in self.replication.destinations if self.replication else ():
+            text += (f"\n[b red]✗ replication to {d.name}: {d.error}[/]" if d.error
+                     else f"\n[green]✓ replicated to {d.name}[/]")
+        return text
+
+
+class ReplicateScreen(TaskScreen):
+    """``R``: the selected set to every destination, with the backup's progress display."""
+
+    title_text = "Replicate"
+
+    def __init__(self, cfg: Config, set_id: str) -> None:
+        super().__init__(cfg)
+        self.set_id = set_id
+        self.title_text = f"Replicate {set_id}"
+
+    def work(self) -> ReplicationResult:
+        return replicate(self.cfg, [self.set_id], reporter=self.reporter, cancel=self.cancel)
+
+    def describe(self, result: Any) -> str:
+        r: ReplicationResult = result
+        lines = []
+        for d in r.destinations:
+            if d.error:
+                lines.append(f"[b red]✗ {d.name}: {d.error}[/]")
+            elif d.copied:
+                lines.append(f"[green]✓ {d.name}: copied and verified[/] "
+                             f"({fmt.size(d.bytes)} in {fmt.duration(d.seconds)})")
+            else:
+                lines.append(f"[green]✓ {d.name}: already there[/]")
+        return "\n".join(lines)
 
 
 class VerifyScreen(TaskScreen):
