@@ -135,12 +135,116 @@ class ObjectivesConfig:
     """Last drill's measured time to recover above this: the objective is missed."""
 
 
+JOB_KINDS = ("backup", "prune", "verify", "drill", "replicate")
+BACKUP_SCOPES = ("all", "databases", "volumes")
+NOTIFY_EVENTS = ("failure", "recovery", "success")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One ``[schedule.NAME]`` table: what ``dcb schedule`` runs and when (services/schedule.py).
+
+    Ping URLs (healthchecks-style: ``/start``, success, ``/fail``) are secrets: they come from
+    an environment variable or a 0600 file, never from this table."""
+
+    run: str = "backup"
+    """``backup``, ``prune``, ``verify``, ``drill`` or ``replicate``."""
+    cron: str = ""
+    """Five cron fields (a sixth, seconds, is accepted), or @hourly/@daily/@weekly/@monthly."""
+    what: str = "all"
+    """backup: ``all``, ``databases`` or ``volumes``."""
+    databases: tuple[str, ...] = ()
+    """backup: these databases only (empty: every configured one, when ``what`` includes
+    databases)."""
+    volumes: tuple[str, ...] = ()
+    deep: bool = False
+    """verify: read every archive through (``dcb verify --deep``)."""
+    then: tuple[str, ...] = ()
+    """backup: run these after a successful backup, in order: ``prune``, ``verify``,
+    ``replicate``."""
+    ping_url_env: str = ""
+    """Name of an environment variable holding this job's ping URL."""
+    ping_url_file: str = ""
+    """A file (mode 0600) holding this job's ping URL."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """``[schedule]``: flat keys; each ``[schedule.NAME]`` sub-table is a job."""
+
+    tz: str = ""
+    """Time zone of the cron expressions (e.g. ``Europe/Berlin``); empty: the host's."""
+    catch_up: bool = True
+    """A run missed while the daemon was down runs once at start-up."""
+    jitter_seconds: float = 0.0
+    """Each run starts up to this many seconds late, at random (spreads load)."""
+    heartbeat_seconds: float = 30.0
+    """How often the daemon updates its heartbeat (and the check it notifies on)."""
+    lock_wait_seconds: float = 600.0
+    """A job finding the backup dir locked by another run waits this long, then fails."""
+    jobs: Mapping[str, JobConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """``[check]``: when ``dcb check`` warns (exit 1) or is critical (exit 2)."""
+
+    heartbeat_stale_minutes: float = 5.0
+    """The daemon's heartbeat older than this (with jobs configured): critical."""
+    failures_warning: int = 1
+    """This many consecutive failures of backups (or of one scheduled job): warning."""
+    failures_critical: int = 3
+    min_free_percent: float = 5.0
+    """Free space below this: critical (below ``[storage] min_free_percent``: warning)."""
+    duration_factor: float = 2.0
+    """Last backup took more than this times the median of the recent runs: warning."""
+    size_factor: float = 2.0
+    """Last backup's size above this times, or below 1/this of, the recent median: warning."""
+    baseline_runs: int = 10
+    """How many earlier complete runs of the same scope make the median (at least 3)."""
+    replication_lag_hours: float = 48.0
+    """A destination's newest copy older than this: warning."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus text format for node_exporter's textfile collector."""
+
+    textfile: str = ""
+    """Written atomically after each scheduled job (e.g.
+    ``/var/lib/node_exporter/textfile_collector/dcb.prom``); empty: not written."""
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: where alerts go (apprise URLs). URLs hold secrets, so they never live in
+    this file: they come from the environment variables named here or a 0600 file."""
+
+    urls_env: tuple[str, ...] = ()
+    """Names of environment variables, each holding one or more apprise URLs."""
+    urls_file: str = ""
+    """A file (mode 0600) with one apprise URL per line (# comments allowed)."""
+    on: tuple[str, ...] = ("failure", "recovery")
+    """Which events notify: ``failure``, ``recovery`` (back to OK), ``success``."""
+    host: str = ""
+    """The host name in messages; empty: this machine's (set it in a container)."""
+    timeout: float = 10.0
+    """Seconds each notification or ping may take."""
+
+
+# Sections that may hold named sub-tables ([schedule.NAME]) and the type of each table.
+NAMED_TABLES: dict[str, tuple[str, type]] = {"schedule": ("jobs", JobConfig)}
+
 SECTIONS: dict[str, type] = {
     "stack": StackConfig,
     "storage": StorageConfig,
     "retention": RetentionConfig,
     "restore": RestoreConfig,
     "objectives": ObjectivesConfig,
+    "schedule": ScheduleConfig,
+    "check": CheckConfig,
+    "metrics": MetricsConfig,
+    "notify": NotifyConfig,
 }
 
 
@@ -151,6 +255,10 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     path: Path | None = None
     """The file the configuration was read from, if any."""
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -192,10 +300,42 @@ class Config:
         except OSError as e:
             raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
 
+    def resolve_path(self, value: str) -> Path:
+        """A path from the file: ``~`` expanded, relative to the config file's directory."""
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        return p
+
+    def secret_file(self, value: str, where: str) -> str:
+        """The text of a secret file named in the configuration, refused when group or
+        others may read it (like ``password_file``). ``where`` names the key in errors."""
+        pf = self.resolve_path(value)
+        where = f"{where} ({pf})"
+        try:
+            st = pf.stat()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{where}: permissions {stat.filemode(st.st_mode)} let others read it",
+                hint=f"chmod 600 {pf}",
+            )
+        try:
+            return pf.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: cannot read: {e}") from None
+
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Every setting by section; a sub-table's keys are dotted (``volumes.keep_daily``)
-        and show their effective value (inherited from the section when unset)."""
-        return {name: _flatten(getattr(self, name)) for name in SECTIONS}
+        and show their effective value (inherited from the section when unset). Named
+        sub-tables (``[schedule.NAME]``) come after the sections, as ``schedule.NAME``."""
+        out = {name: _flatten(getattr(self, name)) for name in SECTIONS}
+        for name, (attr, _cls) in NAMED_TABLES.items():
+            out[name].pop(attr, None)
+            for sub, table in getattr(getattr(self, name), attr).items():
+                out[f"{name}.{sub}"] = _flatten(table)
+        return out
 
 
 def _flatten(obj: Any, prefix: str = "", parent: Any = None) -> dict[str, Any]:
@@ -260,8 +400,12 @@ def load_config(
             raise ConfigError(f"{where}: [{section}] must be a table")
 
     layers = _Layers(where, path, env, overrides or {})
+    named = _named_tables(raw, where, path, layers.sources)
     built = {section: _build(cls, section, raw.get(section, {}), layers)
              for section, cls in SECTIONS.items()}
+    for section, tables in named.items():
+        built[section] = dataclasses.replace(built[section],
+                                             **{NAMED_TABLES[section][0]: tables})
     cfg = Config(**built, path=path, sources=layers.sources)
     _validate(cfg, where)
     return cfg
@@ -283,7 +427,8 @@ def _build(cls: type, section: str, file_values: dict[str, Any], layers: _Layers
     """One section (``stack``) or sub-table (``retention.volumes``, a dataclass-typed field)
     from the layers. In a sub-table a key left unset (None) inherits the parent's key of the
     same name; its source says so."""
-    hints = typing.get_type_hints(cls)
+    named = NAMED_TABLES.get(section, ("",))[0] if parent is None else ""
+    hints = {k: t for k, t in typing.get_type_hints(cls).items() if k != named}
     where = layers.where
     for key in file_values:
         if key not in hints:
@@ -329,6 +474,37 @@ def _optional_inner(typ: Any) -> Any:
         if len(inner) == 1:
             return inner[0]
     return typ
+
+
+def _named_tables(raw: dict[str, Any], where: str, path: Path | None,
+                  sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Pop ``[section.NAME]`` sub-tables out of ``raw`` and build them strictly.
+
+    Only from the file: a sub-table has no environment variables or flags (its name is
+    free-form). Returns section -> {NAME: table}."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, (_attr, cls) in NAMED_TABLES.items():
+        values = raw.get(section)
+        if not isinstance(values, dict):
+            continue
+        hints = typing.get_type_hints(cls)
+        tables: dict[str, Any] = {}
+        for name in [k for k, v in values.items() if isinstance(v, dict)]:
+            table = values.pop(name)
+            label = f"[{section}.{name}]"
+            if not name.replace("-", "_").isidentifier():
+                raise ConfigError(f"{where}: {label}: a name of letters, digits, - and _ only")
+            for key in table:
+                if key not in hints:
+                    raise ConfigError(f"{where}: unknown key {label} {key}",
+                                      hint="known keys: " + ", ".join(hints))
+            kwargs = {k: _coerce(hints[k], v, f"{where}: {label} {k}") for k, v in table.items()}
+            for key in hints:
+                sources[f"{section}.{name}.{key}"] = (f"file {path}" if key in table
+                                                      else "default")
+            tables[name] = cls(**kwargs)
+        out[section] = tables
+    return out
 
 
 def _type_name(typ: Any) -> str:
@@ -416,3 +592,49 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: [storage] space_estimate_ratio must be in (0, 10]")
     if not 0 <= s.min_free_percent <= 90:
         raise ConfigError(f"{where}: [storage] min_free_percent must be 0-90")
+    _validate_automation(cfg, where)
+
+
+def _validate_automation(cfg: Config, where: str) -> None:
+    """[schedule] jobs, [check], [notify]: cron syntax and time zone are checked by
+    services/schedule.py when the schedule is loaded (it owns croniter)."""
+    sch = cfg.schedule
+    if sch.jitter_seconds < 0 or sch.heartbeat_seconds <= 0 or sch.lock_wait_seconds < 0:
+        raise ConfigError(f"{where}: [schedule] jitter_seconds and lock_wait_seconds must be "
+                          ">= 0, heartbeat_seconds > 0")
+    for name, job in sch.jobs.items():
+        label = f"{where}: [schedule.{name}]"
+        if job.run not in JOB_KINDS:
+            raise ConfigError(f"{label} run must be one of {', '.join(JOB_KINDS)}, "
+                              f"got {job.run!r}")
+        if not job.cron.strip():
+            raise ConfigError(f"{label} cron is required", hint='e.g. cron = "0 2 * * *"')
+        if job.what not in BACKUP_SCOPES:
+            raise ConfigError(f"{label} what must be one of {', '.join(BACKUP_SCOPES)}, "
+                              f"got {job.what!r}")
+        for d in job.databases:
+            if d not in cfg.stack.databases:
+                raise ConfigError(f"{label} databases: {d!r} is not in [stack] databases")
+        for v in job.volumes:
+            if v not in cfg.stack.volumes:
+                raise ConfigError(f"{label} volumes: {v!r} is not in [stack] volumes")
+        for t in job.then:
+            if t not in ("prune", "verify", "replicate"):
+                raise ConfigError(f"{label} then: {t!r} is not prune, verify or replicate")
+        if job.then and job.run != "backup":
+            raise ConfigError(f"{label} then applies to backup jobs only")
+    c = cfg.check
+    if c.failures_warning < 1 or c.failures_critical < c.failures_warning:
+        raise ConfigError(f"{where}: [check] needs 1 <= failures_warning <= failures_critical")
+    if c.duration_factor <= 1 or c.size_factor <= 1 or c.baseline_runs < 3:
+        raise ConfigError(f"{where}: [check] duration_factor and size_factor must be > 1, "
+                          "baseline_runs >= 3")
+    if c.heartbeat_stale_minutes <= 0 or c.replication_lag_hours <= 0:
+        raise ConfigError(f"{where}: [check] heartbeat_stale_minutes and "
+                          "replication_lag_hours must be > 0")
+    for e in cfg.notify.on:
+        if e not in NOTIFY_EVENTS:
+            raise ConfigError(f"{where}: [notify] on: {e!r} is not one of "
+                              f"{', '.join(NOTIFY_EVENTS)}")
+    if cfg.notify.timeout <= 0:
+        raise ConfigError(f"{where}: [notify] timeout must be > 0")
