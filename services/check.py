@@ -86,6 +86,17 @@ class CheckReport:
                 "findings": [f.to_json() for f in self.findings]}
 
 
+def span(seconds: float) -> str:
+    """A compact age for one status line: 45s, 12 min, 30.5h, 3.2 days."""
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def replication_lags(cfg: Config, now: datetime) -> list[tuple[str, float | None]]:
     """Per replication destination: seconds since its newest copy (None: never copied).
 
@@ -123,9 +134,9 @@ def _rpo(cfg: Config, sets: Sequence[BackupSet], now: datetime) -> Finding:
     perf = (("backup_age_hours", round(hours, 2), f";{cfg.objectives.rpo_hours:g}"),)
     if age > rpo:
         return Finding("rpo", CRITICAL, f"newest complete backup is "
-                       f"{fmt.duration(age.total_seconds())} old "
-                       f"(RPO {cfg.objectives.rpo_hours:g}h)", perf)
-    return Finding("rpo", OK, f"newest backup {fmt.duration(age.total_seconds())} ago", perf)
+                       f"{span(age.total_seconds())} old (RPO {cfg.objectives.rpo_hours:g}h)",
+                       perf)
+    return Finding("rpo", OK, f"newest backup {span(age.total_seconds())} ago", perf)
 
 
 def _failures(cfg: Config, history: Sequence[dict[str, Any]],
@@ -174,7 +185,7 @@ def _heartbeat(cfg: Config, state: DaemonState | None, now: datetime) -> Finding
         return Finding("heartbeat", CRITICAL, f"schedule daemon stopped at {state.updated_at}")
     t = state.updated()
     if t is None or now - t > stale:
-        age = fmt.duration((now - t).total_seconds()) if t else "unknown"
+        age = span((now - t).total_seconds()) if t else "unknown"
         return Finding("heartbeat", CRITICAL, f"schedule daemon heartbeat is {age} old "
                        f"(stale after {cfg.check.heartbeat_stale_minutes:g} min)")
     return Finding("heartbeat", OK, "schedule daemon alive")
@@ -225,10 +236,10 @@ def _replication(cfg: Config, lags: Sequence[tuple[str, float | None]]) -> list[
             out.append(Finding("replication", WARNING, f"nothing replicated to {name} yet"))
         elif lag > limit:
             out.append(Finding("replication", WARNING,
-                               f"replication to {name} lags {fmt.duration(lag)} "
+                               f"replication to {name} lags {span(lag)} "
                                f"(limit {cfg.check.replication_lag_hours:g}h)"))
         else:
-            out.append(Finding("replication", OK, f"{name} lags {fmt.duration(lag)}"))
+            out.append(Finding("replication", OK, f"{name} lags {span(lag)}"))
     return out
 
 
