@@ -312,7 +312,7 @@ class Scheduler:
         self._cancel = threading.Event()
         if self.stop.is_set():
             self._cancel.set()
-        report = self.log.reporter(f"job {j.name}:") if self.log else (lambda _e: None)
+        report = self.log.reporter(f"job {j.name} >") if self.log else (lambda _e: None)
         out = self.runner(self.cfg, j.name, j.job, report, self._cancel,
                           self.cfg.schedule.lock_wait_seconds)
         finished = self.clock()
