@@ -63,14 +63,14 @@ def test_rpo_missed_and_no_backup_are_critical(tmp_path: Path):
 
 
 def test_consecutive_failures_warn_then_go_critical(tmp_path: Path):
-    one = steady_runs(start_hours=2) + [Run(1, status="failed", error="pg_dump died")]
+    one = [*steady_runs(start_hours=2), Run(1, status="failed", error="pg_dump died")]
     code, data, line = check(setup(tmp_path / "a", one))
     assert code == 1 and "1 failure of backups: pg_dump died" in line
     three = steady_runs(start_hours=4) + [Run(h, status="failed") for h in (3, 2, 1)]
     code, data, line = check(setup(tmp_path / "b", three))
     assert code == 2 and finding(data, "failures")["message"].startswith(
         "3 consecutive failures of backups")
-    recovered = three + [Run(0.5)]
+    recovered = [*three, Run(0.5)]
     code, _, _ = check(setup(tmp_path / "c", recovered))
     assert code == 0
 
@@ -123,20 +123,20 @@ def test_free_space_thresholds(tmp_path: Path):
 
 
 def test_abnormal_duration_and_size_against_the_median_of_the_last_ten(tmp_path: Path):
-    slow = steady_runs(start_hours=2) + [Run(1, seconds=200)]
+    slow = [*steady_runs(start_hours=2), Run(1, seconds=200)]
     code, data, line = check(setup(tmp_path / "slow", slow))
     assert code == 1 and finding(data, "duration")["status"] == "WARNING"
     assert "last backup took 3 minutes and 20 seconds, 3.3x the median 1m" in line.replace(
         "1 minute", "1m")
-    big = steady_runs(start_hours=2) + [Run(1, size=350 * MiB)]
+    big = [*steady_runs(start_hours=2), Run(1, size=350 * MiB)]
     code, data, line = check(setup(tmp_path / "big", big))
     assert code == 1 and "x the median" in finding(data, "size")["message"]
-    small = steady_runs(start_hours=2) + [Run(1, size=20 * MiB)]
+    small = [*steady_runs(start_hours=2), Run(1, size=20 * MiB)]
     code, data, _ = check(setup(tmp_path / "small", small))
     assert code == 1 and finding(data, "size")["status"] == "WARNING"
     # A databases-only run is compared with databases-only runs, not the full ones.
-    db_only = steady_runs(start_hours=2) + [Run(1, size=5 * MiB, seconds=5,
-                                                artifacts=(("database", "dart_cloud"),))]
+    db_only = [*steady_runs(start_hours=2),
+               Run(1, size=5 * MiB, seconds=5, artifacts=(("database", "dart_cloud"),))]
     code, data, _ = check(setup(tmp_path / "scope", db_only))
     assert code == 0 and not [f for f in data["findings"] if f["name"] in ("size", "duration")]
     few = [Run(3), Run(2), Run(1, seconds=600)]  # two earlier runs: no baseline yet
@@ -160,12 +160,12 @@ def test_unreadable_store_is_unknown(tmp_path: Path):
     history = tmp_path / "backups" / "history.jsonl"
     history.unlink()
     history.mkdir()
-    code, data, line = check(cfg)
+    code, _data, line = check(cfg)
     assert code == 3 and line.startswith("DCB UNKNOWN - cannot read the backup dir")
 
 
 def test_worst_finding_wins(tmp_path: Path):
-    runs = steady_runs(start_hours=30) + [Run(29, status="failed")]
+    runs = [*steady_runs(start_hours=30), Run(29, status="failed")]
     cfg = load_config(str(setup(tmp_path, runs)), environ={})
     report = run_check(cfg)
     assert [f.status for f in report.alerts] == [CRITICAL, WARNING]

@@ -239,8 +239,8 @@ def test_failed_then_recovered_backup_job_notifies_and_pings(
     monkeypatch.setenv("NIGHTLY_PING", f"http://127.0.0.1:{http_sink.port}/ping/{TOKEN}")
     automation = {"notify": {"urls_file": str(f), "host": "backup-host", "timeout": 3}}
     good = stack.write_config(tmp_path, **automation)
-    job = (f'\n[schedule.nightly]\nrun = "backup"\ncron = "0 2 * * *"\n'
-           f'ping_url_env = "NIGHTLY_PING"\n')
+    job = ('\n[schedule.nightly]\nrun = "backup"\ncron = "0 2 * * *"\n'
+           'ping_url_env = "NIGHTLY_PING"\n')
     good.write_text(good.read_text() + job)
     bad = tmp_path / "bad.toml"
     bad.write_text(good.read_text().replace(f'"{stack.postgres_container}"',
@@ -276,7 +276,7 @@ def test_failed_then_recovered_backup_job_notifies_and_pings(
     assert set(second["durations"]) == set(second["sizes"])
 
     mails = smtp_sink.wait_for(4)
-    assert [m["Subject"] for m in mails if "nightly" in m["Subject"]] == ["dcb on backup-host: nightly FAILED",
-                                             "dcb on backup-host: nightly back to OK"]
+    assert [m["Subject"] for m in mails if "nightly" in m["Subject"]] == [
+        "dcb on backup-host: nightly FAILED", "dcb on backup-host: nightly back to OK"]
     assert any("notification target #3 (json)" in line for line in log)
     assert not any(SECRET in line or TOKEN in line for line in log)

@@ -7,6 +7,7 @@ stack, with real backups and SIGTERM, is in test_automation_stack.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ def test_daily_job_runs_once_when_the_hour_repeats_in_autumn():
     assert got == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00",
                    "2026-10-27T02:30:00+01:00"]
     utc = [datetime.fromisoformat(g).astimezone(UTC) for g in got]
-    assert [b - a for a, b in zip(utc, utc[1:], strict=False)] == [timedelta(hours=25),
+    assert [b - a for a, b in itertools.pairwise(utc)] == [timedelta(hours=25),
                                                                    timedelta(hours=24)]
 
 
@@ -180,8 +181,7 @@ def test_daemon_runs_jobs_one_at_a_time(tmp_path: Path):
     assert names.count("a") >= 2 and names.count("b") >= 2, names
     assert rec.max_active == 1
     spans = sorted((s, e) for _, s, e in rec.runs)
-    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:],
-                                                                       strict=False))
+    assert all(prev_end <= start for (_, prev_end), (start, _) in itertools.pairwise(spans))
     state = read_state(cfg.backup_dir)
     assert state is not None and state.stopped
     assert state.jobs["a"].runs == names.count("a")

@@ -149,7 +149,7 @@ def test_service_container_backs_up_and_reports_health(stack: TestStack, tmp_pat
         lock_fd = os.open(backups / ".lock", os.O_RDWR)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         wait("unhealthy after a failed job", lambda: health(c)[0] == "unhealthy", 150, c)
-        status, output = health(c)
+        _status, output = health(c)
         assert "DCB WARNING - 1 failure of job minutely" in output
         assert "locked by another run" in output
     finally:
