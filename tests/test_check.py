@@ -21,7 +21,6 @@ from tests.automation_fixtures import MiB, Run, steady_runs, write_runs
 from tests.conftest import run_dcb
 
 
-
 def setup(tmp_path: Path, runs: list[Run], toml: str = "", others: tuple[Any, ...] = ()
           ) -> Path:
     root = tmp_path / "backups"
@@ -97,12 +96,13 @@ def test_heartbeat_missing_stale_stopped_or_fresh(tmp_path: Path):
     code, _, line = check(cfg)
     assert code == 2 and "schedule daemon not running (no heartbeat" in line
     state_file = tmp_path / "backups" / STATE_FILE
-    state = {"pid": 1, "host": "h", "started_at": datetime.now(UTC).isoformat(), "tz": "UTC", "jobs": {}}
+    now = datetime.now(UTC).isoformat()
+    state = {"pid": 1, "host": "h", "started_at": now, "tz": "UTC", "jobs": {}}
     state_file.write_text(json.dumps({**state, "updated_at":
                                       (datetime.now(UTC) - timedelta(minutes=12)).isoformat()}))
     code, _, line = check(cfg)
     assert code == 2 and "heartbeat is 12 min old" in line and "stale after 5 min" in line
-    state_file.write_text(json.dumps({**state, "updated_at": datetime.now(UTC).isoformat(), "stopped": True}))
+    state_file.write_text(json.dumps({**state, "updated_at": now, "stopped": True}))
     code, _, line = check(cfg)
     assert code == 2 and "schedule daemon stopped" in line
     state_file.write_text(json.dumps({**state, "updated_at": datetime.now(UTC).isoformat()}))
@@ -174,11 +174,11 @@ def test_worst_finding_wins(tmp_path: Path):
 
 
 def test_metrics_parse_with_prometheus_client(tmp_path: Path):
-    NOW = datetime.now(UTC)  # noqa: N806 (the runs below are written relative to it)
+    now = datetime.now(UTC)
     others = ({"kind": "verify", "id": "x", "ok": False, "deep": True,
-               "at": (NOW - timedelta(hours=3)).isoformat()},
+               "at": (now - timedelta(hours=3)).isoformat()},
               {"kind": "drill", "id": "d", "set_id": "x", "ok": True, "rto_seconds": 42.5,
-               "at": (NOW - timedelta(hours=2)).isoformat()})
+               "at": (now - timedelta(hours=2)).isoformat()})
     runs = [*steady_runs(3, start_hours=4), Run(3.5, status="failed"),
             Run(0.5, purpose="safety")]
     cfg = setup(tmp_path, runs, others=others)
@@ -191,7 +191,7 @@ def test_metrics_parse_with_prometheus_client(tmp_path: Path):
                 and not s.name.endswith("_created")]
         return float(s.value)
 
-    newest_ok = NOW - timedelta(hours=0.5) + timedelta(seconds=60)
+    newest_ok = now - timedelta(hours=0.5) + timedelta(seconds=60)
     assert abs(value("dcb_last_success_timestamp_seconds", kind="backup")
                - newest_ok.timestamp()) < 2
     assert value("dcb_last_duration_seconds", kind="drill") == 42.5
