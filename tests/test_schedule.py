@@ -263,6 +263,24 @@ def test_stop_cancels_the_running_job(tmp_path: Path):
     assert state.jobs["long"].consecutive_failures == 0
 
 
+def test_jitter_delays_each_run(tmp_path: Path):
+    cfg = make_cfg(tmp_path, '[schedule.a]\nrun = "prune"\ncron = "* * * * * */2"\n',
+                   jitter_seconds=0.8)
+    starts: list[float] = []
+
+    def runner(cfg: Config, name: str, job: JobConfig, reporter: Reporter,
+               cancel: threading.Event, lock_wait: float) -> JobOutcome:
+        starts.append(time.time())
+        return JobOutcome("ok", "ok")
+
+    lines: list[str] = []
+    run_for(Scheduler(cfg, lines.append, runner=runner, rng=lambda: 1.0), 4.5)
+    assert starts, lines
+    # Due on even seconds; the jitter (rng 1.0 x 0.8 s) moves each start 0.8 s later.
+    assert all(0.75 <= t % 2 <= 1.2 for t in starts), [t % 2 for t in starts]
+    assert any("starting in 0.8s (jitter)" in line for line in lines)
+
+
 def test_second_daemon_on_the_same_backup_dir_is_refused(tmp_path: Path):
     cfg = make_cfg(tmp_path, '[schedule.a]\nrun = "prune"\ncron = "@daily"\n')
     first = Scheduler(cfg, lambda _m: None, runner=Recorder())
