@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from dcb.cli.commands import AddCommand
 from dcb.cli.render import print_json, table
-from dcb.services.check import NAMES, UNKNOWN, run_check
 from dcb.services.config import Config
 from dcb.services.errors import DcbError
-from dcb.services.heartbeat import read_state
+from dcb.services.ops.check import NAMES, UNKNOWN, run_check
+from dcb.services.ops.heartbeat import read_state
 
 
 def register(add: AddCommand) -> None:
@@ -60,7 +60,7 @@ def register(add: AddCommand) -> None:
 
 
 def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
-    from dcb.services.schedule import LineLog, Scheduler, upcoming
+    from dcb.services.ops.schedule import LineLog, Scheduler, upcoming
 
     if args.list:
         rows = upcoming(cfg, max(1, args.n))
@@ -120,7 +120,7 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace, cfg: Config) -> int:
-    from dcb.services.metrics import exposition, write_textfile
+    from dcb.services.ops.metrics import exposition, write_textfile
 
     if args.textfile:
         try:
@@ -134,7 +134,7 @@ def cmd_metrics(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_notify(args: argparse.Namespace, cfg: Config) -> int:
-    from dcb.services.notify import Event, Notifier, host_name, target_label, validate_notify
+    from dcb.services.ops.notify import Event, Notifier, host_name, target_label, validate_notify
 
     problems = validate_notify(cfg)
     def say(message: str) -> None:

@@ -142,7 +142,7 @@ NOTIFY_EVENTS = ("failure", "recovery", "success")
 
 @dataclass(frozen=True)
 class JobConfig:
-    """One ``[schedule.NAME]`` table: what ``dcb schedule`` runs and when (services/schedule.py).
+    """One ``[schedule.NAME]`` table: what ``dcb schedule`` runs and when (services/ops/schedule.py).
 
     Ping URLs (healthchecks-style: ``/start``, success, ``/fail``) are secrets: they come from
     an environment variable or a 0600 file, never from this table."""
@@ -597,7 +597,7 @@ def _validate(cfg: Config, where: str) -> None:
 
 def _validate_automation(cfg: Config, where: str) -> None:
     """[schedule] jobs, [check], [notify]: cron syntax and time zone are checked by
-    services/schedule.py when the schedule is loaded (it owns croniter)."""
+    services/ops/schedule.py when the schedule is loaded (it owns croniter)."""
     sch = cfg.schedule
     if sch.jitter_seconds < 0 or sch.heartbeat_seconds <= 0 or sch.lock_wait_seconds < 0:
         raise ConfigError(f"{where}: [schedule] jitter_seconds and lock_wait_seconds must be "

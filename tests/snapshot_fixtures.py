@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dcb.services.check import CRITICAL, OK, WARNING, CheckReport, Finding
 from dcb.services.config import Config, load_config
 from dcb.services.disk import DiskUsage
 from dcb.services.docker_gateway import ContainerInfo, Mount
 from dcb.services.errors import DockerUnavailable
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
-from dcb.services.heartbeat import DaemonState, JobState
-from dcb.services.history_stats import HistoryStats, stats_from
+from dcb.services.ops.check import CRITICAL, OK, WARNING, CheckReport, Finding
+from dcb.services.ops.heartbeat import DaemonState, JobState
+from dcb.services.ops.history_stats import HistoryStats, stats_from
 from dcb.services.overview import SetRow, StoreOverview
 from dcb.services.status import BackupSummary, ContainerStatus, StackStatus, VolumeStatus
 from dcb.services.store import MANIFEST, MANIFEST_VERSION, Artifact, BackupSet

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dcb.services.heartbeat import read_state
+from dcb.services.ops.heartbeat import read_state
 from dcb.services.store import BackupStore
 from tests.conftest import BIN
 from tests.stackkit import TestStack

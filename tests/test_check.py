@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dcb.services.check import CRITICAL, OK, WARNING, run_check
 from dcb.services.config import load_config
-from dcb.services.heartbeat import STATE_FILE
+from dcb.services.ops.check import CRITICAL, OK, WARNING, run_check
+from dcb.services.ops.heartbeat import STATE_FILE
 from tests.automation_fixtures import MiB, Run, steady_runs, write_runs
 from tests.conftest import run_dcb
 

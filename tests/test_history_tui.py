@@ -13,10 +13,10 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from dcb.services.check import CheckReport
 from dcb.services.config import Config
-from dcb.services.heartbeat import STATE_FILE, DaemonState
-from dcb.services.history_stats import HistoryStats
+from dcb.services.ops.check import CheckReport
+from dcb.services.ops.heartbeat import STATE_FILE, DaemonState
+from dcb.services.ops.history_stats import HistoryStats
 from dcb.tui.app import DcbApp
 from dcb.tui.screens.common import HelpScreen
 from dcb.tui.screens.dashboard import DashboardScreen

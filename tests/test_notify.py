@@ -27,8 +27,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from dcb.services.config import Config, load_config
-from dcb.services.notify import Event, Notifier
-from dcb.services.schedule import Scheduler
+from dcb.services.ops.notify import Event, Notifier
+from dcb.services.ops.schedule import Scheduler
 from dcb.services.store import BackupStore
 from tests.automation_fixtures import Run, write_runs
 from tests.conftest import run_dcb

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from docker.types import LogConfig
 
-from dcb.services.heartbeat import STATE_FILE
+from dcb.services.ops.heartbeat import STATE_FILE
 from dcb.services.store import BackupStore
 from tests.stackkit import LABEL, TestStack
 

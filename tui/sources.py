@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from dcb.services.check import CheckReport, run_check
 from dcb.services.config import Config
 from dcb.services.disk import DiskUsage, disk_usage
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.events import WatchEvent, watch_containers
-from dcb.services.heartbeat import DaemonState, read_state
-from dcb.services.history_stats import HistoryStats, history_stats
+from dcb.services.ops.check import CheckReport, run_check
+from dcb.services.ops.heartbeat import DaemonState, read_state
+from dcb.services.ops.history_stats import HistoryStats, history_stats
 from dcb.services.overview import StoreOverview, store_overview
 from dcb.services.status import StackStatus, collect_status
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from textual_plotext import PlotextPlot
 
-from dcb.services.history_stats import HistoryStats
+from dcb.services.ops.history_stats import HistoryStats
 
 MAX_RUNS = 60
 """The charts show the most recent runs; older ones are in `dcb history`."""

@@ -7,10 +7,10 @@ from datetime import timedelta
 from textual.widgets import DataTable, Static
 
 from dcb.services import formatting as fmt
-from dcb.services.check import CRITICAL, NAMES, CheckReport
 from dcb.services.disk import DiskUsage
 from dcb.services.docker_gateway import ContainerInfo
-from dcb.services.heartbeat import DaemonState
+from dcb.services.ops.check import CRITICAL, NAMES, CheckReport
+from dcb.services.ops.heartbeat import DaemonState
 from dcb.services.overview import StoreOverview
 from dcb.services.status import StackStatus
 

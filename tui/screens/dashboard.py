@@ -15,12 +15,12 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
 
-from dcb.services.check import CheckReport
 from dcb.services.config import Config
 from dcb.services.disk import DiskUsage
 from dcb.services.errors import DcbError
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
-from dcb.services.heartbeat import DaemonState
+from dcb.services.ops.check import CheckReport
+from dcb.services.ops.heartbeat import DaemonState
 from dcb.services.overview import StoreOverview
 from dcb.services.status import StackStatus
 from dcb.tui.messages import ContainerEvent

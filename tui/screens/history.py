@@ -15,7 +15,7 @@ from textual.widgets import Footer, Header, Static
 
 from dcb.services import formatting as fmt
 from dcb.services.errors import DcbError
-from dcb.services.history_stats import HistoryStats
+from dcb.services.ops.history_stats import HistoryStats
 from dcb.tui.sources import Sources
 from dcb.widgets.history_charts import GrowthChart, RunsChart
 

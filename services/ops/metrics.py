@@ -19,10 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dcb.services.backup import read_history
-from dcb.services.check import replication_lags, run_check
 from dcb.services.config import Config
 from dcb.services.disk import disk_usage
-from dcb.services.heartbeat import read_state
+from dcb.services.ops.check import replication_lags, run_check
+from dcb.services.ops.heartbeat import read_state
 from dcb.services.store import BackupStore
 
 KINDS = ("backup", "verify", "prune", "drill", "restore")

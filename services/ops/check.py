@@ -34,7 +34,7 @@ from dcb.services.backup import read_history
 from dcb.services.config import Config
 from dcb.services.disk import DiskUsage, disk_usage
 from dcb.services.errors import DcbError
-from dcb.services.heartbeat import DaemonState, read_state
+from dcb.services.ops.heartbeat import DaemonState, read_state
 from dcb.services.store import BackupSet, BackupStore
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3

@@ -29,14 +29,14 @@ from typing import Any, TextIO
 
 from dcb.services import formatting as fmt
 from dcb.services.backup import ensure_store_dir, read_history
-from dcb.services.check import NAMES, OK, CheckReport, run_check
 from dcb.services.config import Config, JobConfig
-from dcb.services.cron import Cron, zone
 from dcb.services.errors import DcbError, LockedError
-from dcb.services.heartbeat import DAEMON_LOCK, DaemonState, JobState, read_state, write_state
-from dcb.services.jobs import JobOutcome, Runner, run_job
-from dcb.services.metrics import succeeded, write_textfile
-from dcb.services.notify import Event, Notifier, host_name, ping_url
+from dcb.services.ops.check import NAMES, OK, CheckReport, run_check
+from dcb.services.ops.cron import Cron, zone
+from dcb.services.ops.heartbeat import DAEMON_LOCK, DaemonState, JobState, read_state, write_state
+from dcb.services.ops.jobs import JobOutcome, Runner, run_job
+from dcb.services.ops.metrics import succeeded, write_textfile
+from dcb.services.ops.notify import Event, Notifier, host_name, ping_url
 from dcb.services.progress import BytesProgress, LogLine, StageFailed, StageFinished, StageStarted
 from dcb.services.progress import Event as ProgressEvent
 
