@@ -6,8 +6,12 @@
 #   3. `docker build --network none` FROM the base, installing from the wheelhouse only.
 # The image is cached by a hash of the sources (dcb:src-<hash>) and tagged TAG (default
 # dcb:latest). FORCE=1 rebuilds both. Prints the tag it built.
+#   deploy/build-image.sh --base-only   only step 1 (deploy/setup.sh --test does this, so the
+#                                       test suite never waits minutes for it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+base_only=0
+if [ "${1:-}" = --base-only ]; then base_only=1; shift; fi
 TAG=${1:-dcb:latest}
 BASE=${DCB_BASE_IMAGE:-dcb-base:bookworm}
 PY=${PYTHON:-.venv/bin/python}
@@ -40,6 +44,8 @@ if ! have "$BASE"; then
     rm -rf "$root" "$root.log"
     trap - EXIT
 fi
+
+[ $base_only = 1 ] && { echo "$BASE"; exit 0; }
 
 # The sources as git sees them (committed or not, ignored files left out).
 hash=$( { git ls-files -z --cached --others --exclude-standard | sort -z \

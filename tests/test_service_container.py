@@ -113,6 +113,7 @@ def wait(what: str, predicate: Any, timeout: float, c: Any) -> None:
         time.sleep(1)
 
 
+@pytest.mark.timeout(1500)  # a first build on a fresh machine (base and wheels) is slow
 def test_service_container_backs_up_and_reports_health(stack: TestStack, tmp_path: Path,
                                                        image: str):
     backups = tmp_path / "backups"
