@@ -142,7 +142,7 @@ NOTIFY_EVENTS = ("failure", "recovery", "success")
 
 @dataclass(frozen=True)
 class JobConfig:
-    """One ``[schedule.NAME]`` table: what ``dcb schedule`` runs and when (services/ops/schedule.py).
+    """One ``[schedule.NAME]`` table: what ``dcb schedule`` runs and when (services/ops/).
 
     Ping URLs (healthchecks-style: ``/start``, success, ``/fail``) are secrets: they come from
     an environment variable or a 0600 file, never from this table."""
