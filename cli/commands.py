@@ -51,7 +51,7 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     print(f"# file: {cfg.path or '(none: built-in defaults)'}")
     rows: list[list[str]] = []
-    for s in values:
+    for s in values:  # the sections, then named sub-tables ([schedule.NAME])
         for k, v in values[s].items():
             rows.append([f"{s}.{k}", _show(v), cfg.sources[f"{s}.{k}"]])
     print(table(rows, ["KEY", "VALUE", "SOURCE"]))
@@ -66,9 +66,16 @@ def _show(v: Any) -> str:
 
 def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
-    from dcb.cli import du_command, replicate_commands, restore_commands, store_commands
+    from dcb.cli import (
+        automation_commands,
+        du_command,
+        replicate_commands,
+        restore_commands,
+        store_commands,
+    )
 
     store_commands.register(add)
     restore_commands.register(add)
     du_command.register(add)
     replicate_commands.register(add)
+    automation_commands.register(add)

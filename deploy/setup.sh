@@ -66,4 +66,6 @@ fi
 if [ $want_test = 1 ]; then
     log "building test images (cached by tag)"
     bash tests/images/build.sh
+    # The service container's base (debootstrap, minutes once; cached by tag).
+    bash deploy/build-image.sh --base-only >/dev/null
 fi

@@ -260,8 +260,110 @@ class EncryptionConfig:
     """age identity (mode 0600) for deep verify and restore; not needed to back up."""
 
 
-# Sections that may hold named sub-tables ([replication.NAME]) and the type of each table.
-NAMED_TABLES: dict[str, tuple[str, type]] = {"replication": ("destinations", DestinationConfig)}
+
+JOB_KINDS = ("backup", "prune", "verify", "drill", "replicate")
+BACKUP_SCOPES = ("all", "databases", "volumes")
+NOTIFY_EVENTS = ("failure", "recovery", "success")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One ``[schedule.NAME]`` table: what ``dcb schedule`` runs and when (services/ops/).
+
+    Ping URLs (healthchecks-style: ``/start``, success, ``/fail``) are secrets: they come from
+    an environment variable or a 0600 file, never from this table."""
+
+    run: str = "backup"
+    """``backup``, ``prune``, ``verify``, ``drill`` or ``replicate``."""
+    cron: str = ""
+    """Five cron fields (a sixth, seconds, is accepted), or @hourly/@daily/@weekly/@monthly."""
+    what: str = "all"
+    """backup: ``all``, ``databases`` or ``volumes``."""
+    databases: tuple[str, ...] = ()
+    """backup: these databases only (empty: every configured one, when ``what`` includes
+    databases)."""
+    volumes: tuple[str, ...] = ()
+    deep: bool = False
+    """verify: read every archive through (``dcb verify --deep``)."""
+    then: tuple[str, ...] = ()
+    """backup: run these after a successful backup, in order: ``prune``, ``verify``,
+    ``replicate``."""
+    ping_url_env: str = ""
+    """Name of an environment variable holding this job's ping URL."""
+    ping_url_file: str = ""
+    """A file (mode 0600) holding this job's ping URL."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """``[schedule]``: flat keys; each ``[schedule.NAME]`` sub-table is a job."""
+
+    tz: str = ""
+    """Time zone of the cron expressions (e.g. ``Europe/Berlin``); empty: the host's."""
+    catch_up: bool = True
+    """A run missed while the daemon was down runs once at start-up."""
+    jitter_seconds: float = 0.0
+    """Each run starts up to this many seconds late, at random (spreads load)."""
+    heartbeat_seconds: float = 30.0
+    """How often the daemon updates its heartbeat (and the check it notifies on)."""
+    lock_wait_seconds: float = 600.0
+    """A job finding the backup dir locked by another run waits this long, then fails."""
+    jobs: Mapping[str, JobConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """``[check]``: when ``dcb check`` warns (exit 1) or is critical (exit 2)."""
+
+    heartbeat_stale_minutes: float = 5.0
+    """The daemon's heartbeat older than this (with jobs configured): critical."""
+    failures_warning: int = 1
+    """This many consecutive failures of backups (or of one scheduled job): warning."""
+    failures_critical: int = 3
+    min_free_percent: float = 5.0
+    """Free space below this: critical (below ``[storage] min_free_percent``: warning)."""
+    duration_factor: float = 2.0
+    """Last backup took more than this times the median of the recent runs: warning."""
+    size_factor: float = 2.0
+    """Last backup's size above this times, or below 1/this of, the recent median: warning."""
+    baseline_runs: int = 10
+    """How many earlier complete runs of the same scope make the median (at least 3)."""
+    replication_lag_hours: float = 48.0
+    """A destination's newest copy older than this: warning."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus text format for node_exporter's textfile collector."""
+
+    textfile: str = ""
+    """Written atomically after each scheduled job (e.g.
+    ``/var/lib/node_exporter/textfile_collector/dcb.prom``); empty: not written."""
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: where alerts go (apprise URLs). URLs hold secrets, so they never live in
+    this file: they come from the environment variables named here or a 0600 file."""
+
+    urls_env: tuple[str, ...] = ()
+    """Names of environment variables, each holding one or more apprise URLs."""
+    urls_file: str = ""
+    """A file (mode 0600) with one apprise URL per line (# comments allowed)."""
+    on: tuple[str, ...] = ("failure", "recovery")
+    """Which events notify: ``failure``, ``recovery`` (back to OK), ``success``."""
+    host: str = ""
+    """The host name in messages; empty: this machine's (set it in a container)."""
+    timeout: float = 10.0
+    """Seconds each notification or ping may take."""
+
+
+# Sections that may hold named sub-tables ([replication.NAME], [schedule.NAME]) and the type
+# of each table.
+NAMED_TABLES: dict[str, tuple[str, type]] = {
+    "replication": ("destinations", DestinationConfig),
+    "schedule": ("jobs", JobConfig),
+}
 
 SECTIONS: dict[str, type] = {
     "stack": StackConfig,
@@ -272,6 +374,10 @@ SECTIONS: dict[str, type] = {
     "objectives": ObjectivesConfig,
     "replication": ReplicationConfig,
     "encryption": EncryptionConfig,
+    "schedule": ScheduleConfig,
+    "check": CheckConfig,
+    "metrics": MetricsConfig,
+    "notify": NotifyConfig,
 }
 
 
@@ -285,6 +391,10 @@ class Config:
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     path: Path | None = None
     """The file the configuration was read from, if any."""
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -342,10 +452,29 @@ class Config:
             p = self.path.parent / p
         return p
 
+    def secret_file(self, value: str, where: str) -> str:
+        """The text of a secret file named in the configuration, refused when group or
+        others may read it (like ``password_file``). ``where`` names the key in errors."""
+        pf = self.resolve_path(value)
+        where = f"{where} ({pf})"
+        try:
+            st = pf.stat()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{where}: permissions {stat.filemode(st.st_mode)} let others read it",
+                hint=f"chmod 600 {pf}",
+            )
+        try:
+            return pf.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: cannot read: {e}") from None
+
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Every setting by section; a sub-table's keys are dotted (``volumes.keep_daily``)
         and show their effective value (inherited from the section when unset). Each named
-        table (``[replication.NAME]``) is a section of its own."""
+        table (``[replication.NAME]``, ``[schedule.NAME]``) is a section of its own."""
         out = {name: _flatten(getattr(self, name)) for name in SECTIONS}
         for name, (attr, _cls) in NAMED_TABLES.items():
             out[name].pop(attr, None)
@@ -444,7 +573,8 @@ def _build(cls: type, section: str, file_values: dict[str, Any], layers: _Layers
     """One section (``stack``) or sub-table (``retention.volumes``, a dataclass-typed field)
     from the layers. In a sub-table a key left unset (None) inherits the parent's key of the
     same name; its source says so."""
-    hints = typing.get_type_hints(cls)
+    named = NAMED_TABLES.get(section, ("",))[0] if parent is None else ""
+    hints = {k: t for k, t in typing.get_type_hints(cls).items() if k != named}
     where = layers.where
     for key in file_values:
         if key not in hints:
@@ -656,6 +786,7 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: [replication] watch_interval must be > 0")
     for name, d in cfg.replication.destinations.items():
         _validate_destination(name, d, f"{where}: [replication.{name}]")
+    _validate_automation(cfg, where)
     _validate_names(cfg.stack, where)
 
 
@@ -719,3 +850,48 @@ def _validate_destination(name: str, d: DestinationConfig, where: str) -> None:
     for key in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
         if getattr(d, key) < -1:
             raise ConfigError(f"{where} {key} must be >= 0")
+
+
+def _validate_automation(cfg: Config, where: str) -> None:
+    """[schedule] jobs, [check], [notify]: cron syntax and time zone are checked by
+    services/ops/schedule.py when the schedule is loaded (it owns croniter)."""
+    sch = cfg.schedule
+    if sch.jitter_seconds < 0 or sch.heartbeat_seconds <= 0 or sch.lock_wait_seconds < 0:
+        raise ConfigError(f"{where}: [schedule] jitter_seconds and lock_wait_seconds must be "
+                          ">= 0, heartbeat_seconds > 0")
+    for name, job in sch.jobs.items():
+        label = f"{where}: [schedule.{name}]"
+        if job.run not in JOB_KINDS:
+            raise ConfigError(f"{label} run must be one of {', '.join(JOB_KINDS)}, "
+                              f"got {job.run!r}")
+        if not job.cron.strip():
+            raise ConfigError(f"{label} cron is required", hint='e.g. cron = "0 2 * * *"')
+        if job.what not in BACKUP_SCOPES:
+            raise ConfigError(f"{label} what must be one of {', '.join(BACKUP_SCOPES)}, "
+                              f"got {job.what!r}")
+        for d in job.databases:
+            if not cfg.stack.all_databases and d not in cfg.stack.listed_databases:
+                raise ConfigError(f"{label} databases: {d!r} is not in [stack] databases")
+        for v in job.volumes:
+            if v not in cfg.stack.volumes:
+                raise ConfigError(f"{label} volumes: {v!r} is not in [stack] volumes")
+        for t in job.then:
+            if t not in ("prune", "verify", "replicate"):
+                raise ConfigError(f"{label} then: {t!r} is not prune, verify or replicate")
+        if job.then and job.run != "backup":
+            raise ConfigError(f"{label} then applies to backup jobs only")
+    c = cfg.check
+    if c.failures_warning < 1 or c.failures_critical < c.failures_warning:
+        raise ConfigError(f"{where}: [check] needs 1 <= failures_warning <= failures_critical")
+    if c.duration_factor <= 1 or c.size_factor <= 1 or c.baseline_runs < 3:
+        raise ConfigError(f"{where}: [check] duration_factor and size_factor must be > 1, "
+                          "baseline_runs >= 3")
+    if c.heartbeat_stale_minutes <= 0 or c.replication_lag_hours <= 0:
+        raise ConfigError(f"{where}: [check] heartbeat_stale_minutes and "
+                          "replication_lag_hours must be > 0")
+    for e in cfg.notify.on:
+        if e not in NOTIFY_EVENTS:
+            raise ConfigError(f"{where}: [notify] on: {e!r} is not one of "
+                              f"{', '.join(NOTIFY_EVENTS)}")
+    if cfg.notify.timeout <= 0:
+        raise ConfigError(f"{where}: [notify] timeout must be > 0")

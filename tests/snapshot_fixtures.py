@@ -25,6 +25,9 @@ from dcb.services.disk import DiskUsage
 from dcb.services.docker_gateway import ContainerInfo, Mount
 from dcb.services.errors import DockerUnavailable
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from dcb.services.ops.check import CRITICAL, OK, WARNING, CheckReport, Finding
+from dcb.services.ops.heartbeat import DaemonState, JobState
+from dcb.services.ops.history_stats import HistoryStats, stats_from
 from dcb.services.overview import SetRow, StoreOverview
 from dcb.services.status import BackupSummary, ContainerStatus, StackStatus, VolumeStatus
 from dcb.services.store import MANIFEST, MANIFEST_VERSION, Artifact, BackupSet
@@ -68,7 +71,7 @@ backup_dir = "{backup_dir}"
 """
 
 
-def write_config(directory: Path, backup_dir: Path = BACKUP_DIR) -> Config:
+def write_config(directory: Path, backup_dir: Path = BACKUP_DIR, extra: str = "") -> Config:
     """A dcb.toml in ``directory`` (its path is never shown) and the loaded configuration.
 
     The environment is ignored, so a ``DCB_*`` variable of the person running the tests cannot
@@ -76,7 +79,7 @@ def write_config(directory: Path, backup_dir: Path = BACKUP_DIR) -> Config:
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "dcb.toml"
-    path.write_text(config_toml(backup_dir))
+    path.write_text(config_toml(backup_dir) + extra)
     return load_config(str(path), environ={})
 
 
@@ -240,8 +243,14 @@ class FixedSources(Sources):
 
     def __init__(self, cfg: Config, status: StackStatus | None = None,
                  overview: StoreOverview | None = None, docker_down: bool = False,
-                 status_delay: float = 0.0) -> None:
+                 status_delay: float = 0.0, check: CheckReport | None = None,
+                 schedule: DaemonState | None = None,
+                 history: HistoryStats | None = None) -> None:
         super().__init__(cfg)
+        self.fixed_check = check if check is not None else CheckReport((), FIXED_NOW)
+        """Default: all OK (no alert banner)."""
+        self.fixed_schedule = schedule
+        self.fixed_history = history
         self.fixed_status = status if status is not None else make_status(cfg.backup_dir)
         self.fixed_overview = overview if overview is not None else make_overview()
         self.docker_down = docker_down
@@ -263,6 +272,15 @@ class FixedSources(Sources):
     def overview(self) -> StoreOverview:
         return self.fixed_overview
 
+    def check(self) -> CheckReport:
+        return self.fixed_check
+
+    def schedule(self) -> DaemonState | None:
+        return self.fixed_schedule
+
+    def history(self) -> HistoryStats:
+        return self.fixed_history if self.fixed_history is not None else make_history_stats()
+
     def disk(self) -> DiskUsage:
         return self.fixed_status.disk
 
@@ -277,6 +295,68 @@ class FixedSources(Sources):
                 callback(ContainerChanged(n, by_name.get(n)))
         self.watch_reported.set()
         stop.wait()
+
+
+# -- automation: history, check, schedule ------------------------------------------------------
+SCHEDULE_TOML = """
+[schedule.nightly]
+run = "backup"
+cron = "0 2 * * *"
+"""
+
+
+def make_history(days: int = 40) -> list[dict[str, object]]:
+    """A nightly full backup for ``days`` days (slowly growing, two failures, one slow run)
+    and a weekly prune, oldest first, ending at ``FIXED_NOW``."""
+    out: list[dict[str, object]] = []
+    for d in range(days, 0, -1):
+        when = (FIXED_NOW - timedelta(days=d)).replace(hour=2, minute=0)
+        sid = when.strftime("%Y%m%dT%H%M%SZ")
+        if d in (9, 23):
+            out.append({"kind": "backup", "id": sid, "status": "failed",
+                        "started_at": when.isoformat(), "duration_seconds": 3.2,
+                        "error": "pg_dump of dart_cloud exited 1: connection to server lost"})
+            continue
+        size = int((1.80 + 0.004 * (days - d)) * GiB) + (d % 5) * 7 * MiB
+        seconds = 24.0 + (d % 4) * 1.3 + (31.0 if d == 15 else 0.0)
+        out.append({"kind": "backup", "id": sid, "status": "complete",
+                    "started_at": when.isoformat(), "duration_seconds": seconds,
+                    "size_bytes": size})
+        if d % 7 == 0:
+            out.append({"kind": "prune", "at": (when + timedelta(minutes=5)).isoformat(),
+                        "removed": ["x"], "freed_bytes": int(11 * GiB)})
+    return out
+
+
+def make_history_stats() -> HistoryStats:
+    """The history screen's data: 40 nights; the store holds what they left plus 4 GiB of
+    older sets, on a disk 72 % used."""
+    history = make_history()
+    left = sum(int(str(h.get("size_bytes") or 0)) for h in history) - sum(
+        int(str(h.get("freed_bytes") or 0)) for h in history)
+    return stats_from(history, left + 4 * GiB, make_status().disk, FIXED_NOW)
+
+
+def make_check(status: int = CRITICAL) -> CheckReport:
+    """Alerts for the dashboard's banner: a critical RPO miss and a warning, or all OK."""
+    if status == OK:
+        return CheckReport((Finding("rpo", OK, "newest backup 2.5h ago"),), FIXED_NOW)
+    findings = [Finding("failures", WARNING, "1 failure of job nightly: pg_dump of dart_cloud "
+                        "exited 1: connection to server lost")]
+    if status == CRITICAL:
+        findings.insert(0, Finding("rpo", CRITICAL,
+                                   "newest complete backup is 26.5h old (RPO 24h)"))
+    return CheckReport(tuple(findings), FIXED_NOW)
+
+
+def make_schedule(alive: bool = True) -> DaemonState:
+    """The daemon's heartbeat: nightly next at 02:00 tomorrow; fresh or 20 minutes old."""
+    beat = FIXED_NOW - (timedelta(seconds=10) if alive else timedelta(minutes=20))
+    nxt = (FIXED_NOW + timedelta(days=1)).replace(hour=2, minute=0)
+    return DaemonState(pid=4242, host="backend-01", started_at=beat.isoformat(),
+                       updated_at=beat.isoformat(), tz="UTC",
+                       jobs={"nightly": JobState(name="nightly", run="backup",
+                                                 cron="0 2 * * *", next_run=nxt.isoformat())})
 
 
 # -- trees on disk ----------------------------------------------------------------------------

@@ -219,3 +219,40 @@ def test_destination_retention_falls_back_to_the_global_policy(tmp_path: Path):
     settings = json.loads(r.out)["settings"]
     assert settings["replication.n.keep_weekly"]["value"] == 1
     assert settings["replication.n.keep_weekly"]["source"].startswith("file")
+
+
+def test_scheduled_replication_and_its_lag_in_check_and_metrics(tmp_path: Path):
+    """The automation's seams, wired: a `replicate` job copies, `dcb check` and `dcb metrics`
+    report each destination's real lag."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dcb.services.ops.check import run_check
+
+    ids = set_ids(2, end=datetime.now(UTC) - timedelta(hours=100))
+    for i in ids:
+        make_set(tmp_path / "backups", i)
+    nas = tmp_path / "nas"
+    cfg = write_config(tmp_path, f'[replication.nas]\ntype = "local"\npath = "{nas}"\n'
+                                 '[schedule.offsite]\nrun = "replicate"\ncron = "0 * * * *"\n')
+
+    def lag_finding() -> dict[str, object]:
+        data = run_check(load_config(str(cfg), environ={})).to_json()
+        (f,) = [f for f in data["findings"] if f["name"] == "replication"]
+        return f
+
+    assert lag_finding()["status"] == "WARNING"  # nothing copied yet
+    r = run_dcb("schedule", "--run", "offsite", "--json", "--config", str(cfg))
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in nas.iterdir()) == ids
+    assert lag_finding()["status"] == "OK"
+    # A newer local set not yet copied: the lag is its age, in check and in the metrics.
+    newer = (datetime.now(UTC) - timedelta(hours=60)).strftime("%Y%m%dT%H%M%SZ")
+    make_set(tmp_path / "backups", newer)
+    r = run_dcb("metrics", "--config", str(cfg))
+    assert r.code == 0, r.err
+    lags = {s.labels["destination"]: s.value
+            for fam in text_string_to_metric_families(r.out)
+            if fam.name == "dcb_replication_lag_seconds" for s in fam.samples}
+    assert 59 * 3600 < lags["nas"] < 61 * 3600, lags
+    f = lag_finding()
+    assert f["status"] == "WARNING" and "lags" in str(f["message"]), f

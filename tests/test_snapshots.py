@@ -27,13 +27,17 @@ from dcb.tui.app import DcbApp
 from dcb.tui.screens.common import HelpScreen
 from dcb.tui.screens.dashboard import DashboardScreen
 from dcb.tui.screens.du import DuScreen
+from dcb.tui.screens.history import HistoryScreen
 from dcb.tui.screens.restore import RestoreWizard
 from dcb.tui.screens.tasks import BackupScopeScreen, PruneScreen, SetDetailScreen
 from dcb.widgets.backups_table import BackupsTable
 from tests.snapshot_fixtures import (
     DU_ROOT,
     FIXED_NOW,
+    SCHEDULE_TOML,
     FixedSources,
+    make_check,
+    make_schedule,
     make_sets,
     write_config,
     write_du_tree,
@@ -218,3 +222,28 @@ def test_du_browser(snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(du_screen, "scan", scan_with_fixed_elapsed)
     assert snap_compare(app_for(du_cfg), terminal_size=size, run_before=open_screen(
         "d", DuScreen, ready=lambda s: not s.scanning))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_history(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """``h``: 40 nights of backups (two failed, one slow) charted, the store's growth projected
+    to a full disk."""
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=open_screen(
+        "h", HistoryScreen, ready=lambda s: s.stats is not None))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_alerts(snap_compare: SnapCompare, tmp_path: Path,
+                          size: tuple[int, int]) -> None:
+    """``dcb check`` finds an RPO miss and a failed job: the banner; the daemon is alive and
+    the status line shows the next run."""
+    write_store(make_sets())
+    alert_cfg = write_config(tmp_path, extra=SCHEDULE_TOML)
+    app = DcbApp(alert_cfg, FixedSources(alert_cfg, check=make_check(),
+                                         schedule=make_schedule()))
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        screen = await dashboard_ready(pilot)
+        await until(pilot, lambda: screen.check is not None, "check polled")
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

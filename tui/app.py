@@ -135,6 +135,13 @@ class DcbApp(App[int]):
             return
         self.push_screen(ObjectivesScreen(self.cfg))
 
+    def action_history(self) -> None:
+        from dcb.tui.screens.history import HistoryScreen
+
+        d = self.dashboard
+        self.push_screen(HistoryScreen(d.sources if d is not None else
+                                       (self.sources or Sources(self.cfg))))
+
     def action_help(self) -> None:
         ours: list[tuple[str, str]] = []
         widgets: list[tuple[str, str]] = []
@@ -157,6 +164,8 @@ class DcbApp(App[int]):
         yield SystemCommand("Disk usage", "Browse the backup directory by size", self.action_du)
         yield SystemCommand("Recovery objectives", "RPO/RTO per database and volume",
                             self.action_objectives)
+        yield SystemCommand("History", "Run durations, sizes, success rate, disk growth",
+                            self.action_history)
         yield SystemCommand("Help", "Every key", self.action_help)
 
 

@@ -9,6 +9,9 @@ from dcb.services.config import Config
 from dcb.services.disk import DiskUsage, disk_usage
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.events import WatchEvent, watch_containers
+from dcb.services.ops.check import CheckReport, run_check
+from dcb.services.ops.heartbeat import DaemonState, read_state
+from dcb.services.ops.history_stats import HistoryStats, history_stats
 from dcb.services.overview import StoreOverview, store_overview
 from dcb.services.status import StackStatus, collect_status
 
@@ -35,3 +38,14 @@ class Sources:
     def watch(self, names: Iterable[str], callback: Callable[[WatchEvent], None],
               stop: threading.Event) -> None:
         watch_containers(names, callback, stop)
+
+    def check(self) -> CheckReport:
+        """``dcb check``'s findings: the dashboard's alert banner."""
+        return run_check(self.cfg)
+
+    def schedule(self) -> DaemonState | None:
+        """The schedule daemon's heartbeat file (None: no daemon ever ran here)."""
+        return read_state(self.cfg.backup_dir)
+
+    def history(self) -> HistoryStats:
+        return history_stats(self.cfg)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from textual.widgets import DataTable, Static
 
 from dcb.services import formatting as fmt
 from dcb.services.disk import DiskUsage
 from dcb.services.docker_gateway import ContainerInfo
+from dcb.services.ops.check import CRITICAL, NAMES, CheckReport
+from dcb.services.ops.heartbeat import DaemonState
 from dcb.services.overview import StoreOverview
 from dcb.services.status import StackStatus
 
@@ -101,14 +105,45 @@ class StatusLine(Static):
     """Last good backup's age, schedule, Docker connection state."""
 
     def show(self, ov: StoreOverview | None, docker_state: str,
-             problems: tuple[str, ...] = ()) -> None:
+             problems: tuple[str, ...] = (), schedule: str = "no schedule") -> None:
         age = fmt.age(ov.last_good) if ov and ov.last_good else "never"
         colour = "green"
         if ov is None or ov.last_good is None or (
                 fmt.now() - ov.last_good).total_seconds() > 36 * 3600:
             colour = "yellow"
         text = (f"docker: {docker_state}  │  last good backup: [{colour}]{age}[/]  │  "
-                "no schedule")
+                f"{schedule}")
         if problems:
             text += "\n" + "\n".join(f"[b red]⚠ {p}[/]" for p in problems)
         self.update(text)
+
+
+def schedule_markup(jobs: int, state: DaemonState | None, stale_minutes: float) -> str:
+    """The status line's schedule part: the next run and whether the daemon is alive."""
+    if jobs == 0:
+        return "no schedule"
+    if state is None:
+        return "schedule: [b red]daemon not running[/]"
+    now = fmt.now()
+    alive = state.alive(now, timedelta(minutes=stale_minutes))
+    nxt = state.next_run()
+    if state.current_job and alive:
+        what = f"running [b]{state.current_job}[/]"
+    elif nxt is not None:
+        what = f"next: {nxt[0]} {fmt.age(nxt[1], now)}"
+    else:
+        what = "no run planned"
+    if alive:
+        return f"{what} · daemon [green]alive[/]"
+    seen = state.updated()
+    return f"{what} · daemon [b red]down[/] (seen {fmt.age(seen, now)})"
+
+
+class AlertBanner(Static):
+    """``dcb check``'s warnings and criticals on the dashboard; hidden when all is OK."""
+
+    def show(self, report: CheckReport | None) -> None:
+        alerts = report.alerts if report is not None else ()
+        self.display = bool(alerts)
+        self.set_class(any(a.status == CRITICAL for a in alerts), "critical")
+        self.update("\n".join(f"⚠ {NAMES[a.status]}: {a.message}" for a in alerts))

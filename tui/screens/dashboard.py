@@ -19,6 +19,8 @@ from dcb.services.config import Config
 from dcb.services.disk import DiskUsage
 from dcb.services.errors import DcbError
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from dcb.services.ops.check import CheckReport
+from dcb.services.ops.heartbeat import DaemonState
 from dcb.services.overview import StoreOverview
 from dcb.services.status import StackStatus
 from dcb.tui.messages import ContainerEvent
@@ -26,7 +28,13 @@ from dcb.tui.sources import Sources
 from dcb.widgets.backups_table import BackupsTable
 from dcb.widgets.coverage_line import CoverageLine
 from dcb.widgets.destinations_pane import DestinationsPane
-from dcb.widgets.status_panes import ContainersPane, DiskPane, StatusLine
+from dcb.widgets.status_panes import (
+    AlertBanner,
+    ContainersPane,
+    DiskPane,
+    StatusLine,
+    schedule_markup,
+)
 
 if TYPE_CHECKING:
     from dcb.tui.app import DcbApp
@@ -37,9 +45,12 @@ POLL_SECONDS = 10.0
 class Polled(Message):
     def __init__(self, status: StackStatus | None, overview: StoreOverview | None,
                  error: DcbError | None, started: float = 0.0,
-                 disk: DiskUsage | None = None) -> None:
+                 disk: DiskUsage | None = None, check: CheckReport | None = None,
+                 schedule: DaemonState | None = None) -> None:
         super().__init__()
         self.disk = disk
+        self.check = check
+        self.schedule = schedule
         self.started = started
         """monotonic time the poll began: what it saw may be older than a later event."""
         self.status = status
@@ -59,6 +70,7 @@ class DashboardScreen(Screen[None]):
         Binding("d", "app.du", "Disk usage", show=False, id="du"),
         Binding("o", "app.objectives", "Recovery objectives (RPO/RTO)", show=False,
                 id="objectives"),
+        Binding("h", "app.history", "History and growth charts", show=False, id="history"),
         Binding("enter", "details", "Details", show=False, id="details"),
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("s", "sort", "Sort", show=False, id="sort"),
@@ -74,12 +86,15 @@ class DashboardScreen(Screen[None]):
         self.overview: StoreOverview | None = None
         self.docker_state = "connecting…"
         self.disk: DiskUsage | None = None
+        self.check: CheckReport | None = None
+        self.schedule: DaemonState | None = None
         self._stop_watch = threading.Event()
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield StatusLine(id="statusline")
         yield CoverageLine(id="coverage")
+        yield AlertBanner(id="alerts")
         with Horizontal(id="top"):
             yield ContainersPane(id="containers")
             yield DiskPane(id="disk")
@@ -95,6 +110,7 @@ class DashboardScreen(Screen[None]):
         self.query_one(ContainersPane).set_roles(roles)
         self.query_one("#filter", Input).display = False
         self.query_one(DestinationsPane).display = False
+        self.query_one(AlertBanner).display = False
         self.query_one(BackupsTable).focus()
         self._render_status()
         self.watch_docker(list(roles))
@@ -120,6 +136,11 @@ class DashboardScreen(Screen[None]):
             overview = self.sources.overview()
         except (DcbError, OSError) as e:
             error = e if isinstance(e, DcbError) else DcbError(str(e))
+        check: CheckReport | None = None
+        schedule: DaemonState | None = None
+        with contextlib.suppress(DcbError, OSError):  # the banner must never break the poll
+            check = self.sources.check()
+            schedule = self.sources.schedule()
         disk = None
         try:
             status = self.sources.status()
@@ -127,10 +148,13 @@ class DashboardScreen(Screen[None]):
             error = e
             with contextlib.suppress(OSError):
                 disk = self.sources.disk()
-        self.post_message(Polled(status, overview, error, started, disk))
+        self.post_message(Polled(status, overview, error, started, disk, check, schedule))
 
     @on(Polled)
     def _polled(self, msg: Polled) -> None:
+        self.check = msg.check
+        self.schedule = msg.schedule
+        self.query_one(AlertBanner).show(msg.check)
         if msg.overview is not None:
             changed = self.overview is None or self.overview.rows != msg.overview.rows
             self.overview = msg.overview
@@ -169,7 +193,9 @@ class DashboardScreen(Screen[None]):
 
     def _render_status(self) -> None:
         problems = self.status.problems if self.status is not None else ()
-        self.query_one(StatusLine).show(self.overview, self.docker_state, problems)
+        sched = schedule_markup(len(self.cfg.schedule.jobs), self.schedule,
+                                self.cfg.check.heartbeat_stale_minutes)
+        self.query_one(StatusLine).show(self.overview, self.docker_state, problems, sched)
         self.query_one(CoverageLine).show(self.status.warnings if self.status else ())
         # The disk is local: shown even while Docker is unreachable.
         self.query_one(DiskPane).show(self.status, self.overview,
