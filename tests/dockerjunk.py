@@ -1,7 +1,8 @@
 """What fills a Docker host's disk, made for real on the test engine: a container with a 50 MB
 json-file log, dangling images (local builds from the busybox test image), stopped containers,
 an unused volume; and, beside the session's test stack, a stopped container the configuration
-names and one that mounts a configured volume (neither may ever be offered for removal).
+names and one that mounts a volume the configuration names (neither may ever be offered for
+removal). Nothing here touches the test stack itself: other tests count its volumes' users.
 
 Every item is labelled ``dcb.test=1`` with the owning pid (``stackkit.LABEL``), named
 ``dcbj<hex>-...``, and removed by ``destroy_junk`` even when tests fail. Each destructive test
@@ -49,7 +50,10 @@ class Junk:
     stack_worker: str = ""
     """Stopped, and named in [stack] app_containers."""
     mounter: str = ""
-    """Stopped, and mounts the stack's configured functions volume."""
+    """Stopped, and mounts ``configured_volume`` (the stack's own volumes keep their users:
+    other tests count them)."""
+    configured_volume: str = ""
+    """A volume the junk's configuration adds to [stack] volumes."""
     unused_volume: str = ""
     """5 MB, no container."""
     images: list[str] = field(default_factory=list)
@@ -58,7 +62,8 @@ class Junk:
 
     def write_config(self, directory: Path) -> Path:
         return self.stack.write_config(directory, stack={
-            "app_containers": [self.stack.backend_container, self.stack_worker]})
+            "app_containers": [self.stack.backend_container, self.stack_worker],
+            "volumes": [*self.stack.volumes, self.configured_volume]})
 
     def container_id(self, name: str) -> str:
         return str(self.client.containers.get(name).id)
@@ -135,10 +140,13 @@ def _fill(j: Junk) -> None:
     c.containers.create(BUSYBOX_IMAGE, ["sleep", "600"], name=j.stack_worker,
                         network_mode="none", labels=LABEL)
     j.containers.append(j.stack_worker)
+    j.configured_volume = f"{j.prefix}_configured"
+    c.volumes.create(j.configured_volume, labels=LABEL)
+    j.volumes.append(j.configured_volume)
     j.mounter = f"{j.prefix}-mounter"
     c.containers.create(BUSYBOX_IMAGE, ["sleep", "600"], name=j.mounter, network_mode="none",
                         labels=LABEL,
-                        volumes={j.stack.functions_volume: {"bind": "/data", "mode": "ro"}})
+                        volumes={j.configured_volume: {"bind": "/data", "mode": "ro"}})
     j.containers.append(j.mounter)
 
     j.unused_volume = f"{j.prefix}_unused"

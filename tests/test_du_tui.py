@@ -254,6 +254,22 @@ async def test_docker_view_ranks_filters_and_explains(tmp_path: Path):
         assert app.screen is screen
         assert any("never" in n.message for n in app._notifications)
 
+        # A refused cleanup (the fixed sources refuse every one): the preview says why and,
+        # closed, the view asks Docker again.
+        _select(view, "container old-migrate")
+        await pilot.press("x")
+        await _wait_for(pilot, lambda: isinstance(app.screen, CleanupScreen))
+        preview = app.screen
+        assert isinstance(preview, CleanupScreen)
+        assert preview.listed == ["container old-migrate"]
+        loads = screen.docker_generation
+        await pilot.press(*"remove 1", "enter")
+        await _wait_for(pilot, lambda: preview.error is not None)
+        assert "nothing is removed" in str(preview.query_one("#cleanup-result").render())
+        await pilot.press("escape")
+        await _wait_for(pilot, lambda: app.screen is screen and not screen.docker_loading)
+        assert screen.docker_generation == loads + 1
+
         await pilot.press("D")  # the directories tab, scanned when first shown
         await _wait_for(pilot, lambda: screen.tab == "tab-dirs" and bool(
             screen.query(DuBrowser)) and not screen.scanning)

@@ -219,13 +219,14 @@ class DuScreen(Screen[None]):
         except DcbError as e:
             self.notify(e.message, title="Not offered", severity="warning")
             return
-        self.app.push_screen(CleanupScreen(plan, self.sources), self._cleaned)
+        screen = CleanupScreen(plan, self.sources)
+        self.app.push_screen(screen, lambda result: self._cleaned(result, screen))
 
-    def _cleaned(self, result: CleanupResult | None) -> None:
+    def _cleaned(self, result: CleanupResult | None, screen: CleanupScreen) -> None:
         if result is not None and result.done:
             self.notify(result.summary(), title="Docker cleanup")
-        if result is not None:
-            self.start_docker()  # what changed shows at once
+        if result is not None or screen.error is not None:
+            self.start_docker()  # what changed (or was found changed) shows at once
 
     def action_remove_images(self) -> None:
         self._plan(REMOVE_IMAGES)
