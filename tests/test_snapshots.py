@@ -26,11 +26,13 @@ from dcb.services.du import ScanProgress
 from dcb.tui.app import DcbApp
 from dcb.tui.screens.common import HelpScreen
 from dcb.tui.screens.dashboard import DashboardScreen
+from dcb.tui.screens.docker_du import CleanupScreen
 from dcb.tui.screens.du import DuScreen
 from dcb.tui.screens.history import HistoryScreen
 from dcb.tui.screens.restore import RestoreWizard
 from dcb.tui.screens.tasks import BackupScopeScreen, PruneScreen, SetDetailScreen
 from dcb.widgets.backups_table import BackupsTable
+from dcb.widgets.docker_usage import DockerUsageView
 from tests.snapshot_fixtures import (
     DU_ROOT,
     FIXED_NOW,
@@ -96,6 +98,8 @@ async def dashboard_ready(pilot: Pilot[Any], docker_down: bool = False) -> Dashb
         if not isinstance(s, DashboardScreen) or s.overview is None:
             return False
         if s.query_one(BackupsTable).row_count != len(s.overview.rows):
+            return False
+        if s.disk_picture is None:
             return False
         if docker_down:
             return "Docker engine unreachable" in s.docker_state
@@ -221,7 +225,7 @@ def test_du_browser(snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(du_screen, "scan", scan_with_fixed_elapsed)
     assert snap_compare(app_for(du_cfg), terminal_size=size, run_before=open_screen(
-        "d", DuScreen, ready=lambda s: not s.scanning))
+        "d", DuScreen, ready=lambda s: s.generation > 0 and not s.scanning))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -247,3 +251,30 @@ def test_dashboard_alerts(snap_compare: SnapCompare, tmp_path: Path,
         await until(pilot, lambda: screen.check is not None, "check polled")
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_docker_view(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """``D`` on the dashboard: Docker's usage by kind, then every item largest first (fixed
+    engine answers: a 4.2 GiB log on top, dangling images, the stack's parts marked)."""
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=open_screen(
+        "D", DuScreen, ready=lambda s: bool(s.query(DockerUsageView))
+        and s.query_one(DockerUsageView).report is not None))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_docker_cleanup_preview(snap_compare: SnapCompare, cfg: Config,
+                                size: tuple[int, int]) -> None:
+    """``c`` in the Docker view: exactly the stopped containers to remove, the stack's worker
+    not offered, the typed confirmation."""
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await open_screen("D", DuScreen, ready=lambda s: bool(s.query(DockerUsageView))
+                          and s.query_one(DockerUsageView).report is not None)(pilot)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CleanupScreen),
+                    "cleanup preview shown")
+        steady(pilot)
+
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=run_before)

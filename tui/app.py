@@ -119,13 +119,21 @@ class DcbApp(App[int]):
     def action_prune(self) -> None:
         self.push_screen(PruneScreen(self.cfg), self._refresh_dashboard)
 
-    def action_du(self) -> None:
+    def action_du(self, docker: bool = False) -> None:
         try:
             from dcb.tui.screens.du import DuScreen
         except ImportError:
             self.notify("disk-usage browser not available", severity="error")
             return
-        self.push_screen(DuScreen(self.cfg.backup_dir))
+        self.push_screen(DuScreen(self.cfg.backup_dir, self.sources or Sources(self.cfg),
+                                  docker=docker), self._after_du)
+
+    def _after_du(self, _result: object = None) -> None:
+        if self.dashboard is not None:
+            self.dashboard.poll_disk()  # a cleanup may have freed space
+
+    def action_du_docker(self) -> None:
+        self.action_du(docker=True)
 
     def action_objectives(self) -> None:
         try:
@@ -162,6 +170,8 @@ class DcbApp(App[int]):
         yield SystemCommand("Prune", "Preview and apply the retention policy",
                             self.action_prune)
         yield SystemCommand("Disk usage", "Browse the backup directory by size", self.action_du)
+        yield SystemCommand("Docker disk usage", "What Docker keeps on disk; safe cleanup",
+                            self.action_du_docker)
         yield SystemCommand("Recovery objectives", "RPO/RTO per database and volume",
                             self.action_objectives)
         yield SystemCommand("History", "Run durations, sizes, success rate, disk growth",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from rich.markup import escape
 from textual.widgets import DataTable, Static
 
 from dcb.services import formatting as fmt
 from dcb.services.disk import DiskUsage
+from dcb.services.disk_picture import BACKUPS, DiskPicture
 from dcb.services.docker_gateway import ContainerInfo
 from dcb.services.ops.check import CRITICAL, NAMES, CheckReport
 from dcb.services.ops.heartbeat import DaemonState
@@ -72,16 +74,21 @@ class ContainersPane(DataTable[str]):
 
 
 class DiskPane(Static):
-    """Backup filesystem as a bar, the store's size by kind, each volume's size."""
+    """Every filesystem that matters (backup dir, Docker's data root, volumes; one line pair
+    per device) with its free space, the top offenders, the store's size by kind, each
+    volume's size. Until the first disk picture arrives: the backup filesystem alone."""
 
     def on_mount(self) -> None:
         self.border_title = "Disk"
 
     def show(self, st: StackStatus | None, ov: StoreOverview | None,
-             warn_percent: int, disk: DiskUsage | None = None) -> None:
+             warn_percent: int, disk: DiskUsage | None = None,
+             picture: DiskPicture | None = None) -> None:
         lines = []
         d = st.disk if st is not None else disk
-        if d is not None:
+        if picture is not None:
+            lines += _picture_lines(picture, d, ov, warn_percent)
+        elif d is not None:
             used_frac = d.used_bytes / d.total_bytes if d.total_bytes else 0
             width = 20
             filled = round(used_frac * width)
@@ -99,6 +106,31 @@ class DiskPane(Static):
                 size = fmt.size(v.size_bytes) if v.exists else "[b red]missing[/]"
                 lines.append(f"volume {v.name}: {size}")
         self.update("\n".join(lines) or "…")
+
+
+def _picture_lines(p: DiskPicture, d: DiskUsage | None, ov: StoreOverview | None,
+                   warn_percent: int) -> list[str]:
+    lines = []
+    for fs in p.filesystems:
+        free, total = fs.free_bytes, fs.total_bytes
+        if d is not None and BACKUPS in fs.holds:  # the status poll's numbers are fresher
+            free, total = d.free_bytes, d.total_bytes
+        pct = 100.0 * free / total if total else 0.0
+        low = pct < warn_percent
+        colour = "red" if low else "green"
+        warn = " [b red]LOW[/]" if low else ""
+        filled = round((1 - pct / 100) * 8)
+        lines.append(f"[b]{pct:.0f}% free[/]{warn} {escape(fs.holds_text())}")
+        lines.append(f"[{colour}]{'█' * filled}[/]{'░' * (8 - filled)} "
+                     f"{fmt.size(free)} of {fmt.size(total)}")
+    lines += [f"[dim]? {escape(u)}[/]" for u in p.unreachable]
+    if p.docker_error:
+        lines.append(f"[dim]docker: {escape(p.docker_error)}[/]")
+    store = sum(ov.bytes_by_kind.values()) if ov is not None else None
+    for n, o in enumerate(p.offenders(store)):
+        lines.append(f"{'top' if n == 0 else '':<4}{fmt.size(o.size_bytes):>9} "
+                     f"{escape(o.label)}")
+    return lines
 
 
 class StatusLine(Static):

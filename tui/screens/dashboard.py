@@ -13,10 +13,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input
 
 from dcb.services.config import Config
 from dcb.services.disk import DiskUsage
+from dcb.services.disk_picture import DiskPicture
 from dcb.services.errors import DcbError
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
 from dcb.services.ops.check import CheckReport
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from dcb.tui.app import DcbApp
 
 POLL_SECONDS = 10.0
+DISK_POLL_SECONDS = 60.0
+"""The Disk pane's filesystems and offenders (Docker's disk usage is costly to compute)."""
 
 
 class Polled(Message):
@@ -58,6 +62,12 @@ class Polled(Message):
         self.error = error
 
 
+class DiskPictured(Message):
+    def __init__(self, picture: DiskPicture) -> None:
+        super().__init__()
+        self.picture = picture
+
+
 class DashboardScreen(Screen[None]):
     BINDINGS = [
         Binding("b", "app.backup", "Backup", id="backup"),
@@ -68,6 +78,7 @@ class DashboardScreen(Screen[None]):
         Binding("R", "replicate", "Replicate to the destinations", show=False,
                 id="replicate"),
         Binding("d", "app.du", "Disk usage", show=False, id="du"),
+        Binding("D", "app.du_docker", "Docker disk usage", show=False, id="du-docker"),
         Binding("o", "app.objectives", "Recovery objectives (RPO/RTO)", show=False,
                 id="objectives"),
         Binding("h", "app.history", "History and growth charts", show=False, id="history"),
@@ -88,6 +99,8 @@ class DashboardScreen(Screen[None]):
         self.disk: DiskUsage | None = None
         self.check: CheckReport | None = None
         self.schedule: DaemonState | None = None
+        self.disk_picture: DiskPicture | None = None
+        self._disk_timer: Timer | None = None
         self._stop_watch = threading.Event()
 
     def compose(self) -> ComposeResult:
@@ -115,6 +128,7 @@ class DashboardScreen(Screen[None]):
         self._render_status()
         self.watch_docker(list(roles))
         self.poll()
+        self.poll_disk()
 
     def on_unmount(self) -> None:
         self._stop_watch.set()
@@ -149,6 +163,28 @@ class DashboardScreen(Screen[None]):
             with contextlib.suppress(OSError):
                 disk = self.sources.disk()
         self.post_message(Polled(status, overview, error, started, disk, check, schedule))
+
+    @work(thread=True, exclusive=True, group="dashboard-disk", exit_on_error=False)
+    def poll_disk(self) -> None:
+        self.post_message(DiskPictured(self.sources.disk_picture()))
+
+    @on(DiskPictured)
+    def _disk_pictured(self, msg: DiskPictured) -> None:
+        self.disk_picture = msg.picture
+        self._render_status()
+        self._arm_disk_poll()
+
+    def _arm_disk_poll(self) -> None:
+        # One timer at a time: an extra poll (after a cleanup) replaces the pending one.
+        if self._disk_timer is not None:
+            self._disk_timer.stop()
+        self._disk_timer = self.set_timer(DISK_POLL_SECONDS, self._poll_disk_if_visible)
+
+    def _poll_disk_if_visible(self) -> None:
+        if self.app.screen is self:
+            self.poll_disk()
+        else:
+            self._arm_disk_poll()
 
     @on(Polled)
     def _polled(self, msg: Polled) -> None:
@@ -199,7 +235,8 @@ class DashboardScreen(Screen[None]):
         self.query_one(CoverageLine).show(self.status.warnings if self.status else ())
         # The disk is local: shown even while Docker is unreachable.
         self.query_one(DiskPane).show(self.status, self.overview,
-                                      self.cfg.storage.min_free_percent, self.disk)
+                                      self.cfg.storage.min_free_percent, self.disk,
+                                      self.disk_picture)
 
     # -- actions --------------------------------------------------------------------------
     def action_refresh(self) -> None:
