@@ -61,8 +61,18 @@ def _show(v: Any) -> str:
 
 def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
-    from dcb.cli import du_command, restore_commands, store_commands
+    from dcb.cli import (
+        completion,
+        demo_commands,
+        du_command,
+        init_command,
+        restore_commands,
+        store_commands,
+    )
 
     store_commands.register(add)
     restore_commands.register(add)
     du_command.register(add)
+    demo_commands.register(add)
+    init_command.register(add)
+    completion.register(add)

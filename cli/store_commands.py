@@ -30,9 +30,7 @@ def register(add: AddCommand) -> None:
             "With --db/--volume only those are backed up (--db alone: no volumes).\n"
             "Containers in [stack] stop_during_backup are stopped while their volumes are "
             "archived and always started again. PostgreSQL's data volume is taken online "
-            "with pg_basebackup.\n\n"
-            "examples:\n  dcb backup\n  dcb backup --db dart_cloud --json\n"
-            "  dcb backup --prune        # apply retention after a successful run")
+            "with pg_basebackup.")
     p.add_argument("--db", action="append", metavar="NAME", help="back up this database")
     p.add_argument("--volume", action="append", metavar="NAME", help="back up this volume")
     p.add_argument("--prune", action="store_true",
@@ -42,7 +40,8 @@ def register(add: AddCommand) -> None:
 
     p = add("list", "list backup sets, newest first", cmd_list,
             "List every set in the backup dir: complete, failed, incomplete (an interrupted "
-            "run) and legacy sets made by the old bash scripts.")
+            "run), running (a backup in progress: who runs it, since when, bytes written so "
+            "far) and legacy sets made by the old bash scripts.")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("show", "show one set's artifacts, checksums and row counts", cmd_show)
@@ -59,6 +58,7 @@ def register(add: AddCommand) -> None:
     p.add_argument("--all", action="store_true", help="verify every set")
     p.add_argument("--deep", action="store_true", help="also read every archive through")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     p = add("prune", "remove sets the retention policy no longer keeps", cmd_prune,
             "Apply [retention] to each database, each volume and the roles separately "
@@ -70,10 +70,7 @@ def register(add: AddCommand) -> None:
             "The plan is shown first: every set with the items and rules that keep it. On a "
             "terminal, type yes to remove exactly the sets it shows (without one, pass "
             "--yes). If the store changes before you confirm so that a shown removal no "
-            "longer holds, nothing is removed and the new plan is shown.\n\n"
-            "examples:\n  dcb prune --dry-run     # show the plan only\n"
-            "  dcb prune               # show the plan, ask, remove\n"
-            "  dcb prune --yes --json  # from cron or a script")
+            "longer holds, nothing is removed and the new plan is shown.")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed")
     p.add_argument("--yes", action="store_true", help="remove without asking")
     p.add_argument("--json", action="store_true", help="print JSON (needs --dry-run or --yes)")
@@ -188,7 +185,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         gw = DockerGateway.connect()
         pg = PgGateway(gw, cfg.stack.postgres_container, cfg.stack.postgres_user,
                        cfg.postgres_password())
-    printer = ProgressPrinter(quiet=args.json)
+    printer = ProgressPrinter(quiet=args.json or args.quiet)
     results: list[SetCheck] = []
     try:
         for s in targets:

@@ -13,12 +13,13 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-pkgs=(python3 python3-venv python3-pip ca-certificates)
+# debootstrap: `dcb demo` builds Debian's PostgreSQL image where no registry answers.
+pkgs=(python3 python3-venv python3-pip ca-certificates debootstrap)
 # Only install Debian's engine where no engine is installed (never fight docker-ce).
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
 if [ $want_test = 1 ]; then
-    pkgs+=(debootstrap busybox-static tmux rsync openssh-server openssh-client \
+    pkgs+=(busybox-static tmux rsync openssh-server openssh-client \
            postgresql-client e2fsprogs util-linux procps)
 fi
 missing=()

@@ -45,6 +45,9 @@ class StackConfig:
     stop_during_backup: tuple[str, ...] = ("dart-cloud-backend",)
     lock_wait_timeout: int = 120
     """Seconds a dump waits for a table lock before failing (0: wait forever)."""
+    demo: str = ""
+    """The demo stack's id (``dcb demo`` writes it): dcb then refuses every container and
+    volume not labelled ``dcb.demo=<id>`` (services/guard.py). Empty: a real stack."""
 
 
 @dataclass(frozen=True)
