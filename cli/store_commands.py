@@ -18,6 +18,7 @@ from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound, UsageError
 from dcb.services.postgres import PgGateway
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview, prune
+from dcb.services.running import running_sets
 from dcb.services.store import BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
 
@@ -116,6 +117,7 @@ def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
     sets = BackupStore.for_config(cfg).list_sets()
     verified = _verified_index(cfg)
+    running = running_sets(cfg.backup_dir, sets)
     if args.json:
         data = []
         for s in sets:
@@ -123,6 +125,10 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
             v = verified.get(s.id)
             d["verified"] = None if v is None else {"ok": v["ok"], "deep": v["deep"],
                                                     "at": v["at"]}
+            r = running.get(s.id)
+            if r is not None:  # being written now, not an interrupted run
+                d.update(status="running", error=None, size_bytes=r.bytes_written,
+                         running=r.to_json())
             data.append(d)
         print_json(data)
         return 0
@@ -134,6 +140,12 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
         v = verified.get(s.id)
         vtext = "-" if v is None else ("ok" if v["ok"] else "FAILED") + (" deep" if v["deep"]
                                                                           else "")
+        r = running.get(s.id)
+        if r is not None:
+            since = f", started {r.since:%H:%M:%S} UTC ({fmt.age(r.since)})" if r.since else ""
+            rows.append([s.id, fmt.age(s.created_at), "running", fmt.size(r.bytes_written),
+                         str(len(r.done)), vtext, r.describe() + since])
+            continue
         rows.append([s.id, fmt.age(s.created_at), s.status, fmt.size(s.size_bytes),
                      str(len(s.artifacts)), vtext, s.error or ""])
     print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "ARTIFACTS", "VERIFIED", "NOTE"]))

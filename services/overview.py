@@ -8,6 +8,7 @@ from typing import Any
 
 from dcb.services.backup import read_history
 from dcb.services.config import Config
+from dcb.services.running import RunningSet, running_sets
 from dcb.services.store import BackupSet, BackupStore
 
 
@@ -17,6 +18,8 @@ class SetRow:
     verified: str
     """``ok``, ``ok (deep)``, ``FAILED`` or ``-``."""
     replicated: str = "-"
+    running: RunningSet | None = None
+    """Set while a run is writing this set (it has no manifest yet)."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,12 @@ def store_overview(cfg: Config) -> StoreOverview:
             last_drill = h
     rows = []
     by_kind: dict[str, int] = {}
+    running = running_sets(cfg.backup_dir, sets)
     for s in sets:
         v = verified.get(s.id)
         vtext = "-" if v is None else (("ok" if v.get("ok") else "FAILED")
                                        + (" (deep)" if v.get("deep") else ""))
-        rows.append(SetRow(s, vtext))
+        rows.append(SetRow(s, vtext, running=running.get(s.id)))
         for a in s.artifacts:
             key = {"database": "databases", "globals": "databases"}.get(a.kind, "volumes")
             by_kind[key] = by_kind.get(key, 0) + a.size_bytes

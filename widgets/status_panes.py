@@ -26,6 +26,7 @@ class ContainersPane(DataTable[str]):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self.roles: dict[str, str] = {}
+        self._infos: dict[str, ContainerInfo | None] = {}
         self._as_of: dict[str, float] = {}
         """When each row's data was observed (monotonic): older data never overwrites it."""
 
@@ -52,6 +53,7 @@ class ContainersPane(DataTable[str]):
         if name not in self.roles or as_of < self._as_of.get(name, float("-inf")):
             return
         self._as_of[name] = as_of
+        self._infos[name] = info
         now = fmt.now()
         values = {
             "state": state_markup(info),
@@ -61,6 +63,13 @@ class ContainersPane(DataTable[str]):
         }
         for col, value in values.items():
             self.update_cell(name, col, value, update_width=True)
+
+    def refresh_uptimes(self) -> None:
+        now = fmt.now()
+        for name, info in self._infos.items():
+            if info is not None:
+                self.update_cell(name, "uptime", fmt.uptime(info.uptime_seconds(now)),
+                                 update_width=True)
 
     def mark_unknown(self) -> None:
         for name in self.roles:
@@ -98,7 +107,7 @@ class DiskPane(Static):
 
 
 class StatusLine(Static):
-    """Last good backup's age, schedule, Docker connection state."""
+    """Last good backup's age, Docker connection state."""
 
     def show(self, ov: StoreOverview | None, docker_state: str,
              problems: tuple[str, ...] = ()) -> None:
@@ -107,8 +116,8 @@ class StatusLine(Static):
         if ov is None or ov.last_good is None or (
                 fmt.now() - ov.last_good).total_seconds() > 36 * 3600:
             colour = "yellow"
-        text = (f"docker: {docker_state}  │  last good backup: [{colour}]{age}[/]  │  "
-                "no schedule")
+        # No schedule part until scheduling exists (a placeholder says nothing).
+        text = f"docker: {docker_state}  │  last good backup: [{colour}]{age}[/]"
         if problems:
             text += "\n" + "\n".join(f"[b red]⚠ {p}[/]" for p in problems)
         self.update(text)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from dcb.tui.app import DcbApp
 
 POLL_SECONDS = 10.0
+AGE_REFRESH_SECONDS = 30.0
+"""Ages and uptimes are redrawn this often (from the display clock, ``formatting.now``)."""
 
 
 class Polled(Message):
@@ -92,6 +94,7 @@ class DashboardScreen(Screen[None]):
         self._render_status()
         self.watch_docker(list(roles))
         self.poll()
+        self.set_interval(AGE_REFRESH_SECONDS, self.refresh_ages)
 
     def on_unmount(self) -> None:
         self._stop_watch.set()
@@ -165,6 +168,12 @@ class DashboardScreen(Screen[None]):
         # The disk is local: shown even while Docker is unreachable.
         self.query_one(DiskPane).show(self.status, self.overview,
                                       self.cfg.storage.min_free_percent, self.disk)
+
+    def refresh_ages(self) -> None:
+        """"3 minutes ago" must not stay 3 minutes while the console is open."""
+        self.query_one(BackupsTable).refresh_ages()
+        self.query_one(ContainersPane).refresh_uptimes()
+        self._render_status()
 
     # -- actions --------------------------------------------------------------------------
     def action_refresh(self) -> None:
