@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -287,6 +288,11 @@ def _uses_database(s: ServiceInfo, pg: ServiceInfo) -> str | None:
     return None
 
 
+def _comment(text: str) -> list[str]:
+    return textwrap.wrap(text, width=92, initial_indent="# ", subsequent_indent="# ",
+                         break_on_hyphens=False)
+
+
 def _s(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -301,22 +307,22 @@ def render_toml(d: Discovery, now: datetime | None = None) -> str:
     pg = d.postgres
     vol_w = max((len(v.name) for v in d.volumes), default=0)
     lines = [
-        f"# dcb.toml for the Docker Compose project {_s(d.project)}, written by `dcb init` on",
-        f"# {when} from Docker's labels ({PROJECT}, {SERVICE}) and docker inspect.",
-        "# Check it, then run `dcb status`. Every key is explained in dcb.example.toml.",
+        *_comment(f"dcb.toml for the Docker Compose project {_s(d.project)}, written by "
+                  f"`dcb init` on {when} from Docker's labels (com.docker.compose.*) and "
+                  "docker inspect. Check it, then run `dcb status`. Every key is explained "
+                  "in dcb.example.toml."),
         "",
         "[stack]",
-        f"# PostgreSQL: service {_s(pg.service)}, image {pg.image}, {pg.state}; "
-        f"pg_isready: {d.ready}",
+        *_comment(f"PostgreSQL: service {_s(pg.service)}, image {pg.image}, {pg.state}; "
+                  f"pg_isready: {d.ready}"),
         f"postgres_container = {_s(pg.container)}",
         "# POSTGRES_USER of the container" + ("" if "POSTGRES_USER" in pg.env
                                               else " (not set: the default)"),
         f"postgres_user = {_s(d.postgres_user)}",
-        "# No password is written here. dcb runs psql inside the container over its local",
-        "# socket, which the official image trusts. The server's password comes from",
-        f"# {d.password_source}.",
-        "# If dcb needs it, export POSTGRES_PASSWORD or set password_file = \"PATH\" "
-        "(a file of mode 0600).",
+        *_comment("No password is written here. dcb runs psql inside the container over its "
+                  "local socket, which the official image trusts. The server's password "
+                  f"comes from {d.password_source}. If dcb needs it, export "
+                  'POSTGRES_PASSWORD or set password_file = "PATH" (a file of mode 0600).'),
         f"# Databases, from {d.databases_source}:",
         f"databases = {_list(d.databases)}",
         "# Named volumes and the services that mount them:",
@@ -324,7 +330,10 @@ def render_toml(d: Discovery, now: datetime | None = None) -> str:
     for v in d.volumes:
         what = "PostgreSQL's data, taken online with pg_basebackup; " if v.is_postgres_data \
             else ""
-        lines.append(f"#   {v.name.ljust(vol_w)}  {what}{', '.join(v.users) or 'not mounted'}")
+        lines += textwrap.wrap(f"{v.name.ljust(vol_w)}  {what}"
+                               f"{', '.join(v.users) or 'not mounted'}", width=92,
+                               initial_indent="#   ", subsequent_indent="#     " + " " * vol_w,
+                               break_on_hyphens=False)
     lines.append(f"volumes = {_list([v.name for v in d.volumes])}")
     if d.postgres_data_volume:
         lines.append(f"postgres_data_volume = {_s(d.postgres_data_volume)}")

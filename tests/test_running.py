@@ -55,7 +55,7 @@ def running(store: tuple[Path, Config]) -> Iterator[tuple[Path, Config, str]]:
 
 
 def test_list_shows_the_running_backup_and_who_runs_it(running: tuple[Path, Config, str]):
-    root, cfg, set_id = running
+    _root, cfg, set_id = running
     r = run_dcb("list", "--config", str(cfg.path))
     assert r.code == 0, r.err
     line = next(x for x in r.out.splitlines() if x.startswith(set_id))
@@ -90,7 +90,7 @@ def test_a_killed_runs_set_is_incomplete(store: tuple[Path, Config]):
 
 async def test_console_shows_running_and_ages_move_on(running: tuple[Path, Config, str],
                                                       monkeypatch: Any):
-    root, cfg, set_id = running
+    _root, cfg, set_id = running
     start = datetime.now(UTC)
     fmt.pin_now(start)
     monkeypatch.setattr(dashboard, "AGE_REFRESH_SECONDS", 0.1)
