@@ -19,7 +19,7 @@ pkgs=(python3 python3-venv python3-pip ca-certificates debootstrap)
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
 if [ $want_test = 1 ]; then
-    pkgs+=(busybox-static tmux rsync openssh-server openssh-client \
+    pkgs+=(busybox-static tmux zsh fish rsync openssh-server openssh-client \
            postgresql-client e2fsprogs util-linux procps)
 fi
 missing=()
