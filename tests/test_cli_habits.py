@@ -5,7 +5,6 @@ No Docker needed (the NO_COLOR console test reads a store without a stack)."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import shutil
