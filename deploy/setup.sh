@@ -11,7 +11,11 @@ want_test=0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
+    log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+else
+    log() { printf '==> %s\n' "$*" >&2; }
+fi
 
 # debootstrap: `dcb demo` builds Debian's PostgreSQL image where no registry answers.
 pkgs=(python3 python3-venv python3-pip ca-certificates debootstrap)
