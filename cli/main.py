@@ -105,7 +105,8 @@ def _same_flags_everywhere(parsers: Mapping[str, argparse.ArgumentParser]) -> No
     """Every long command takes -q/--quiet and every --help ends with examples, whichever
     module registered the command (a command that defines its own -q keeps it)."""
     for name, p in parsers.items():
-        if name in LONG_COMMANDS and "--quiet" not in p._option_string_actions:
+        own = p._option_string_actions
+        if name in LONG_COMMANDS and "-q" not in own and "--quiet" not in own:
             p.add_argument("-q", "--quiet", action="store_true",
                            help="no progress output (errors and warnings still show)")
             p.set_defaults(func=_quiet_progress(p.get_default("func")))
