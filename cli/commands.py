@@ -68,7 +68,10 @@ def register_more(add: AddCommand) -> None:
     """The backup-store commands (kept apart so main.py stays small)."""
     from dcb.cli import (
         automation_commands,
+        completion,
+        demo_commands,
         du_command,
+        init_command,
         replicate_commands,
         restore_commands,
         store_commands,
@@ -79,3 +82,6 @@ def register_more(add: AddCommand) -> None:
     du_command.register(add)
     replicate_commands.register(add)
     automation_commands.register(add)
+    demo_commands.register(add)
+    init_command.register(add)
+    completion.register(add)

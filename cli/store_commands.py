@@ -18,6 +18,7 @@ from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound, UsageError
 from dcb.services.postgres import PgGateway
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview, prune
+from dcb.services.running import running_sets
 from dcb.services.state import state_for
 from dcb.services.store import BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
@@ -31,9 +32,7 @@ def register(add: AddCommand) -> None:
             "With --db/--volume only those are backed up (--db alone: no volumes).\n"
             "Containers in [stack] stop_during_backup are stopped while their volumes are "
             "archived and always started again. PostgreSQL's data volume is taken online "
-            "with pg_basebackup.\n\n"
-            "examples:\n  dcb backup\n  dcb backup --db dart_cloud --json\n"
-            "  dcb backup --prune        # apply retention after a successful run")
+            "with pg_basebackup.")
     p.add_argument("--db", action="append", metavar="NAME", help="back up this database")
     p.add_argument("--volume", action="append", metavar="NAME", help="back up this volume")
     p.add_argument("--prune", action="store_true",
@@ -43,7 +42,8 @@ def register(add: AddCommand) -> None:
 
     p = add("list", "list backup sets, newest first", cmd_list,
             "List every set in the backup dir: complete, failed, incomplete (an interrupted "
-            "run) and legacy sets made by the old bash scripts.")
+            "run), running (a backup in progress: who runs it, since when, bytes written so "
+            "far) and legacy sets made by the old bash scripts.")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--from", dest="from_", metavar="NAME",
                    help="list the copies at this [replication] destination instead")
@@ -65,6 +65,7 @@ def register(add: AddCommand) -> None:
     p.add_argument("--from", dest="from_", metavar="NAME",
                    help="fetch the set from this [replication] destination (verified) and "
                         "verify that copy")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     p = add("prune", "remove sets the retention policy no longer keeps", cmd_prune,
             "Apply [retention] to each database, each volume and the roles separately "
@@ -76,10 +77,7 @@ def register(add: AddCommand) -> None:
             "The plan is shown first: every set with the items and rules that keep it. On a "
             "terminal, type yes to remove exactly the sets it shows (without one, pass "
             "--yes). If the store changes before you confirm so that a shown removal no "
-            "longer holds, nothing is removed and the new plan is shown.\n\n"
-            "examples:\n  dcb prune --dry-run     # show the plan only\n"
-            "  dcb prune               # show the plan, ask, remove\n"
-            "  dcb prune --yes --json  # from cron or a script")
+            "longer holds, nothing is removed and the new plan is shown.")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed")
     p.add_argument("--yes", action="store_true", help="remove without asking")
     p.add_argument("--json", action="store_true", help="print JSON (needs --dry-run or --yes)")
@@ -143,6 +141,7 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
         return cmd_list_from(args, cfg)
     sets = BackupStore.for_config(cfg).list_sets()
     verified = _verified_index(cfg)
+    running = running_sets(state_for(cfg).root, sets)  # where the lock lives
     if args.json:
         data = []
         for s in sets:
@@ -150,6 +149,10 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
             v = verified.get(s.id)
             d["verified"] = None if v is None else {"ok": v["ok"], "deep": v["deep"],
                                                     "at": v["at"]}
+            r = running.get(s.id)
+            if r is not None:  # being written now, not an interrupted run
+                d.update(status="running", error=None, size_bytes=r.bytes_written,
+                         running=r.to_json())
             data.append(d)
         print_json(data)
         return 0
@@ -161,6 +164,12 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
         v = verified.get(s.id)
         vtext = "-" if v is None else ("ok" if v["ok"] else "FAILED") + (" deep" if v["deep"]
                                                                           else "")
+        r = running.get(s.id)
+        if r is not None:
+            since = f", started {r.since:%H:%M:%S} UTC ({fmt.age(r.since)})" if r.since else ""
+            rows.append([s.id, fmt.age(s.created_at), "running", fmt.size(r.bytes_written),
+                         str(len(r.done)), vtext, r.describe() + since])
+            continue
         rows.append([s.id, fmt.age(s.created_at), s.status, fmt.size(s.size_bytes),
                      str(len(s.artifacts)), vtext, s.error or ""])
     print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "ARTIFACTS", "VERIFIED", "NOTE"]))
@@ -216,7 +225,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         gw = DockerGateway.connect(cfg.timeouts.docker_api)
         pg = PgGateway(gw, cfg.stack.postgres_container, cfg.stack.postgres_user,
                        cfg.postgres_password())
-    printer = ProgressPrinter(quiet=args.json)
+    printer = ProgressPrinter(quiet=args.json or args.quiet)
     results: list[SetCheck] = []
     try:
         for s in targets:

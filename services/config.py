@@ -78,6 +78,9 @@ class StackConfig:
     def listed_databases(self) -> tuple[str, ...]:
         """The databases named in the configuration (none with ``"all"``)."""
         return () if isinstance(self.databases, AllDatabases) else self.databases
+    demo: str = ""
+    """The demo stack's id (``dcb demo`` writes it): dcb then refuses every container and
+    volume not labelled ``dcb.demo=<id>`` (services/guard.py). Empty: a real stack."""
 
 
 @dataclass(frozen=True)

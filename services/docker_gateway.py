@@ -17,6 +17,7 @@ import docker.errors
 import requests.exceptions
 
 from dcb.services.errors import DcbError, DockerUnavailable, NotFound
+from dcb.services.guard import client_from_env
 
 DEFAULT_TIMEOUT = 120
 """Seconds one API request may take ([timeouts] docker_api). Streams of running processes
@@ -96,7 +97,8 @@ class DockerGateway:
         """Connect using the usual ``DOCKER_HOST``/``DOCKER_*`` environment."""
         host = describe_docker_host()
         try:
-            client = docker.from_env(timeout=timeout)
+            # Guarded while a demo configuration is in use (services/guard.py).
+            client = client_from_env(timeout)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise DockerUnavailable(

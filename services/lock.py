@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,3 +79,63 @@ def _read_holder(fd: int) -> str:
                 f"{info.get('host', '?')} since {info.get('since', '?')}")
     except (OSError, ValueError):
         return "holder unknown"
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a backup dir's lock, as its holder wrote it (services/lock.py)."""
+
+    purpose: str
+    pid: int | None
+    host: str
+    since: datetime | None
+
+    def describe(self) -> str:
+        return f"{self.purpose}, pid {self.pid if self.pid is not None else '?'} on {self.host}"
+
+
+def current_holder(root: Path) -> LockHolder | None:
+    """The run holding ``root``'s lock now, or None; never takes the lock itself (a probe
+    that did would make a backup starting at that instant fail as "locked").
+
+    On this host the kernel's lock table (/proc/locks, else the pid) tells whether the
+    recorded holder still holds it: a killed run leaves its record but not its lock."""
+    path = root / LOCKFILE
+    try:
+        st = path.stat()
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        info = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return None
+    if not isinstance(info, dict):
+        return None  # released: the holder truncates the file
+    pid = info.get("pid") if isinstance(info.get("pid"), int) else None
+    host = str(info.get("host", "?"))
+    if host == socket.gethostname() and not _held_here(st, pid):
+        return None
+    try:
+        since: datetime | None = datetime.fromisoformat(str(info.get("since")))
+    except ValueError:
+        since = None
+    return LockHolder(purpose=str(info.get("purpose", "?")), pid=pid, host=host, since=since)
+
+
+def _held_here(st: os.stat_result, pid: int | None) -> bool:
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            return any(line.split()[1:2] == ["FLOCK"] and dev in line.split() for line in f)
+    except OSError:
+        pass
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

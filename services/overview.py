@@ -8,6 +8,7 @@ from typing import Any
 
 from dcb.services.config import Config
 from dcb.services.replicate import DestinationState, destination_states, replicated_summary
+from dcb.services.running import RunningSet, running_sets
 from dcb.services.state import state_for
 from dcb.services.store import BackupSet, BackupStore
 
@@ -18,6 +19,8 @@ class SetRow:
     verified: str
     """``ok``, ``ok (deep)``, ``FAILED`` or ``-``."""
     replicated: str = "-"
+    running: RunningSet | None = None
+    """Set while a run is writing this set (it has no manifest yet)."""
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,14 @@ def store_overview(cfg: Config) -> StoreOverview:
     by_kind: dict[str, int] = {}
     dests = len(cfg.replication.destinations)
     copies = replicated_summary(cfg) if dests else {}
+    running = running_sets(state_for(cfg).root, sets)  # where the lock lives
     for s in sets:
         v = verified.get(s.id)
         vtext = "-" if v is None else (("ok" if v.get("ok") else "FAILED")
                                        + (" (deep)" if v.get("deep") else ""))
         rtext = "-" if not dests or s.status != "complete" else \
             f"{len(copies.get(s.id, ()))}/{dests}"
-        rows.append(SetRow(s, vtext, rtext))
+        rows.append(SetRow(s, vtext, rtext, running=running.get(s.id)))
         for a in s.artifacts:
             key = {"database": "databases", "globals": "databases"}.get(a.kind, "volumes")
             by_kind[key] = by_kind.get(key, 0) + a.size_bytes

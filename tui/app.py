@@ -46,6 +46,9 @@ class DcbApp(App[int]):
         self.sources = sources
 
     def on_mount(self) -> None:
+        if self.cfg.stack.demo:  # `dcb demo`: say so, and what to try
+            self.sub_title = (f"DEMO stack {self.cfg.stack.demo}: back up (b), run "
+                              "`dcb demo break` elsewhere, restore (r)")
         self.push_screen(DashboardScreen(self.cfg, self.sources))
 
     # -- state ----------------------------------------------------------------------------

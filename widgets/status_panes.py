@@ -32,6 +32,7 @@ class ContainersPane(DataTable[str]):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self.roles: dict[str, str] = {}
+        self._infos: dict[str, ContainerInfo | None] = {}
         self._as_of: dict[str, float] = {}
         """When each row's data was observed (monotonic): older data never overwrites it."""
 
@@ -58,6 +59,7 @@ class ContainersPane(DataTable[str]):
         if name not in self.roles or as_of < self._as_of.get(name, float("-inf")):
             return
         self._as_of[name] = as_of
+        self._infos[name] = info
         now = fmt.now()
         values = {
             "state": state_markup(info),
@@ -67,6 +69,13 @@ class ContainersPane(DataTable[str]):
         }
         for col, value in values.items():
             self.update_cell(name, col, value, update_width=True)
+
+    def refresh_uptimes(self) -> None:
+        now = fmt.now()
+        for name, info in self._infos.items():
+            if info is not None:
+                self.update_cell(name, "uptime", fmt.uptime(info.uptime_seconds(now)),
+                                 update_width=True)
 
     def mark_unknown(self) -> None:
         for name in self.roles:

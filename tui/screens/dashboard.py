@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 POLL_SECONDS = 10.0
 DISK_POLL_SECONDS = 60.0
 """The Disk pane's filesystems and offenders (Docker's disk usage is costly to compute)."""
+AGE_REFRESH_SECONDS = 30.0
+"""Ages and uptimes are redrawn this often (from the display clock, ``formatting.now``)."""
 
 
 class Polled(Message):
@@ -113,7 +115,7 @@ class DashboardScreen(Screen[None]):
             yield DiskPane(id="disk")
         yield DestinationsPane(self.cfg.objectives.rpo_hours, id="destinations")
         yield Input(placeholder="filter by id or status…", id="filter")
-        yield BackupsTable(id="backups")
+        yield BackupsTable(replicated=bool(self.cfg.replication.destinations), id="backups")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -129,6 +131,7 @@ class DashboardScreen(Screen[None]):
         self.watch_docker(list(roles))
         self.poll()
         self.poll_disk()
+        self.set_interval(AGE_REFRESH_SECONDS, self.refresh_ages)
 
     def on_unmount(self) -> None:
         self._stop_watch.set()
@@ -195,7 +198,8 @@ class DashboardScreen(Screen[None]):
             changed = self.overview is None or self.overview.rows != msg.overview.rows
             self.overview = msg.overview
             if changed:  # rebuilding a big table every poll would stall the UI
-                self.query_one(BackupsTable).set_rows(list(msg.overview.rows))
+                self.query_one(BackupsTable).set_rows(
+                    list(msg.overview.rows), replicated=bool(msg.overview.destinations))
             self.query_one(DestinationsPane).show(msg.overview.destinations)
         if msg.status is not None:
             self.status = msg.status
@@ -237,6 +241,12 @@ class DashboardScreen(Screen[None]):
         self.query_one(DiskPane).show(self.status, self.overview,
                                       self.cfg.storage.min_free_percent, self.disk,
                                       self.disk_picture)
+
+    def refresh_ages(self) -> None:
+        """"3 minutes ago" must not stay 3 minutes while the console is open."""
+        self.query_one(BackupsTable).refresh_ages()
+        self.query_one(ContainersPane).refresh_uptimes()
+        self._render_status()
 
     # -- actions --------------------------------------------------------------------------
     def action_refresh(self) -> None:
