@@ -253,7 +253,9 @@ class BackupRun:
                         failure = e
 
         duration = time.monotonic() - t0
-        if failure is None and self.cancel.is_set():
+        if self.cancel.is_set() and not isinstance(failure, Cancelled):
+            # Asked to stop: what failed while the stages were torn down (a dump whose
+            # snapshot session just ended...) is a consequence, not the story.
             failure = Cancelled("backup cancelled")
         if failure is not None:
             self._fail(set_dir, set_id, started, duration, failure)
