@@ -54,4 +54,10 @@ def status_text(st: StackStatus) -> str:
     else:
         out.append(f"Backups     {b.count} sets; newest {b.newest_id} "
                    f"({fmt.age(b.newest_created_at, now)})")
+    if st.undo_points:
+        out += ["", table([[u.restore_id, u.state, fmt.size(u.held_bytes), u.keeps,
+                            u.expires_at[:16].replace("T", " ") if u.expires_at else "-",
+                            u.command] for u in st.undo_points],
+                          ["UNDO POINT", "STATE", "HOLDS", "KEEPS", "RELEASED AFTER",
+                           "COMMAND"])]
     return "\n".join(out)

@@ -8,7 +8,6 @@ what state things will be left in.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,9 +311,7 @@ class RestoreWizard(Screen[RestoreReport | None]):
         token = self.query_one("#confirm-input", Input).value.strip()
         safety = self.query_one("#safety", Switch).value
         if safety != plan.safety_backup:
-            plan = dataclasses.replace(
-                plan, safety_backup=safety,
-                steps=tuple(s for s in plan.steps if safety or s.key != "safety"))
+            plan = RestoreFlow(self.cfg).replan(plan, safety)
             self.plan = plan
         self._show("run")
         self.running = True

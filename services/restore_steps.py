@@ -1,0 +1,843 @@
+"""The steps of a restore: the objects a plan lists, the front ends display and the engine runs.
+
+Each step is a frozen dataclass with a key, a title, an estimate and a ``run(run)`` method
+that does the work and returns a one-line detail. :class:`RestoreRun` executes a plan's steps
+in order; steps in the ``volumes`` lane (the app's volumes) run one after the other in a
+second thread, concurrently with the main lane (PostgreSQL, roles, databases: file creation in
+the kernel and PostgreSQL use both cores); a step that ``joins`` waits for that lane first.
+Every step is timed into the incident log, written when the step starts and when it ends, so
+a run killed with SIGKILL still shows where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dcb.services import faults
+from dcb.services.artifacts import CHUNK, atomic_write_bytes, open_decompressed
+from dcb.services.backup import BackupRequest, BackupRun, append_history
+from dcb.services.errors import Cancelled, DcbError, NotFound
+from dcb.services.pg_objects import (
+    DatabaseProperties,
+    database_properties,
+    fit_identifier,
+    ident,
+    parse_globals,
+    roles_script,
+)
+from dcb.services.progress import ByteMeter, LogLine, StageFailed, StageFinished, StageStarted
+from dcb.services.restore_model import RESTORES_DIR, RestoreError, RestoreReport, StepRecord
+from dcb.services.safe_tar import clear_directory, extract_archive, remove_extraneous
+from dcb.services.store import Artifact
+from dcb.services.undo import (
+    DbItem,
+    UndoPoint,
+    UndoStore,
+    VolumeItem,
+    create_undo_volume,
+    expiry,
+    move_aside,
+    now_iso,
+    rename_database,
+    undo_db_name,
+)
+from dcb.services.volumes import mountpoint_usable
+
+if TYPE_CHECKING:
+    from dcb.services.restore import RestoreFlow
+    from dcb.services.restore_model import RestorePlan
+
+TMP_SUFFIX = "__dcb_restore"
+OLD_SUFFIX = "__dcb_old"
+STAGED_PREFIX = ".dcb-restore-staged-"
+"""Dumps staged in PostgreSQL's data volume for ``pg_restore -j2``; any left by a killed run
+are removed by the next one (services/undo_flow.py)."""
+LEGACY_STAGED_PREFIX = ".dcb-restore-"
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    title: str
+    estimate_seconds: float = 0.0
+    lane: str = "main"
+    """``main``, or ``volumes``: run in a second thread, concurrently with the main lane."""
+    joins: bool = False
+    """Wait for the ``volumes`` lane before running."""
+
+    changes_data: ClassVar[bool] = False
+    """Once a step that changes data has started, a failure leaves something to undo."""
+
+    def run(self, run: RestoreRun) -> str:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "title": self.title, "kind": type(self).__name__,
+                "estimate_seconds": round(self.estimate_seconds, 1), "lane": self.lane}
+
+
+@dataclass(frozen=True)
+class StartPostgresStep(Step):
+    """PostgreSQL is stopped and a database needs it: start it first (before the undo point,
+    which asks it what exists)."""
+
+    def run(self, run: RestoreRun) -> str:
+        name = run.target.postgres_container
+        try:
+            run.gw.client.containers.get(name).start()
+        except Exception as e:
+            raise RestoreError(f"could not start {name}: {e}") from None
+        try:
+            run.pg.wait_ready(timeout=120)
+        except DcbError as e:
+            data = run.target.postgres_data_volume
+            raise RestoreError(
+                f"PostgreSQL in {name} does not come up: {e.message}",
+                hint=f"its data may be damaged: restore its data volume too (--volume {data}), "
+                     "then the databases; nothing was changed") from None
+        return f"{name} is running"
+
+
+@dataclass(frozen=True)
+class UndoPointStep(Step):
+    """Record what will be replaced, create the empty undo volumes (nothing is copied: the
+    databases are renamed and the volumes' directories moved when their turn comes)."""
+
+    def run(self, run: RestoreRun) -> str:
+        plan = run.plan
+        point = UndoPoint(restore_id=run.rid, set_id=plan.set.id, created_at=now_iso(),
+                          mode="move", postgres_container=run.target.postgres_container,
+                          postgres_data_volume=run.target.postgres_data_volume)
+        for a in plan.databases:
+            name = plan.target_db or a.name
+            if plan.stops_postgres:
+                point.databases.append(DbItem(name, undo_db_name(name, run.rid), existed=True,
+                                              covered_by_volume=True))
+                continue
+            info = run.pg.database_info(name)
+            point.databases.append(DbItem(
+                name, undo_db_name(name, run.rid), existed=info is not None,
+                allow_connections=info.allow_connections if info else True,
+                size_bytes=info.size_bytes if info else None))
+        for a in plan.volumes:
+            docker_name = run.target.volumes[a.name]
+            try:
+                run.gw.volume(docker_name)
+                existed = True
+            except NotFound:
+                existed = False
+            point.volumes.append(VolumeItem(a.name, docker_name, None, existed))
+        run.point = point
+        run.save_point()
+        for item in point.volumes:
+            if item.existed:
+                create_undo_volume(run.gw, point, item)
+                run.save_point()
+                faults.hold("undo-point", run.cancel)
+        point.state = "active"
+        run.save_point()
+        absent = [f"database {d.name}" for d in point.databases if not d.existed] + \
+                 [f"volume {v.name}" for v in point.volumes if not v.existed]
+        detail = f"undo point {run.rid}"
+        if absent:
+            detail += f"; absent now (removed again by an undo): {', '.join(absent)}"
+        return detail
+
+
+@dataclass(frozen=True)
+class SafetySetStep(Step):
+    """Where moving aside is impossible: a normal backup set of what will be replaced."""
+
+    def run(self, run: RestoreRun) -> str:
+        plan = run.plan
+        names = run.pg.database_names() if plan.databases and run.flow._pg_running() else set()
+        point = UndoPoint(restore_id=run.rid, set_id=plan.set.id, created_at=now_iso(),
+                          mode="safety", postgres_container=run.target.postgres_container,
+                          postgres_data_volume=run.target.postgres_data_volume)
+        for a in plan.databases:
+            name = plan.target_db or a.name
+            point.databases.append(DbItem(name, undo_db_name(name, run.rid),
+                                          existed=name in names,
+                                          covered_by_volume=plan.stops_postgres))
+        for a in plan.volumes:
+            docker_name = run.target.volumes[a.name]
+            try:
+                run.gw.volume(docker_name)
+                existed = True
+            except NotFound:
+                existed = False
+            point.volumes.append(VolumeItem(a.name, docker_name, None, existed))
+        run.point = point
+        run.save_point()
+        dbs = tuple(d.name for d in point.databases if d.existed)
+        vols = tuple(v.name for v in point.volumes if v.existed)
+        if not dbs and not vols:
+            point.state = "active"
+            run.save_point()
+            return "nothing to keep: everything this restore writes is absent now"
+        safety = BackupRun(run.cfg, run.events, run.cancel).run_locked(
+            run.gw, BackupRequest(databases=dbs, volumes=vols, purpose="safety",
+                                  restore_id=run.rid))
+        point.safety_set_id = safety.id
+        point.state = "active"
+        run.save_point()
+        run.report.safety_set_id = safety.id
+        run.events(LogLine(f"safety snapshot {safety.id}: undo with `dcb undo {run.rid}`"))
+        return f"safety snapshot {safety.id}"
+
+
+@dataclass(frozen=True)
+class StopStep(Step):
+    def run(self, run: RestoreRun) -> str:
+        gone = []
+        for n in run.plan.stop_containers:
+            if run.gw.find_container(n) is None:
+                gone.append(n)
+                continue
+            run.stop_container(n)
+            run.stopped.append(n)
+        return f"{', '.join(gone)} no longer exist(s)" if gone else ""
+
+
+@dataclass(frozen=True)
+class StopPostgresStep(Step):
+    def run(self, run: RestoreRun) -> str:
+        c = run.gw.find_container(run.target.postgres_container)
+        if c is not None and c.state in ("running", "restarting", "paused"):
+            run.stop_container(run.target.postgres_container)
+        run.pg_stopped = True
+        return ""
+
+
+@dataclass(frozen=True)
+class VolumeStep(Step):
+    name: str = ""
+    changes_data: ClassVar[bool] = True
+
+    def run(self, run: RestoreRun) -> str:
+        a = run.artifact("volume", self.name)
+        docker_name = run.target.volumes[a.name]
+        gw = run.gw
+        try:
+            info = gw.volume(docker_name)
+        except NotFound:
+            gw.client.volumes.create(docker_name, labels=run.compose_volume_labels(docker_name))
+            info = gw.volume(docker_name)
+            run.events(LogLine(f"created missing volume {docker_name}"))
+        if not mountpoint_usable(info.mountpoint):
+            raise RestoreError(f"volume {docker_name}: cannot write its mountpoint "
+                               f"{info.mountpoint}", hint="run dcb as root on the Docker host")
+        dest = Path(info.mountpoint)
+        # PostgreSQL's data dir is always rewritten whole: its files change in place.
+        delta = run.plan.delta and a.name != run.target.postgres_data_volume
+        item = run.point_volume(a.name)
+        run.touched.add(self.key)
+        if item is not None and item.existed and item.undo_volume is not None:
+            move_aside(gw, item)
+            run.save_point()
+        elif not delta:
+            clear_directory(dest)
+        meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
+        with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+            listing = extract_archive(
+                _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
+                dest, expected=run.plan.listings.get(a.name), delta=delta)
+        if delta:
+            remove_extraneous(dest, listing)
+        meter.flush()
+        from dcb.services.restore import compare_tree
+
+        # Compared now, before anything starts on the volume: PostgreSQL rewrites its data
+        # dir as it boots and an app may write at once.
+        run.volume_diffs[a.name] = compare_tree(dest, listing)
+        how = " (previous contents kept in the undo point)" if item and item.moved else ""
+        return f"{len(listing.entries)} entries{how}"
+
+
+@dataclass(frozen=True)
+class PostgresReadyStep(Step):
+    def run(self, run: RestoreRun) -> str:
+        name = run.target.postgres_container
+        if run.pg_stopped or not run.flow._pg_running():
+            try:
+                run.gw.client.containers.get(name).start()
+            except Exception as e:
+                raise RestoreError(f"could not start {name}: {e}") from None
+            if not run.target.sandbox:
+                run.flow.ledger.clear([name])
+            run.pg_stopped = False
+        run.pg.wait_ready(timeout=120)
+        return ""
+
+
+@dataclass(frozen=True)
+class RolesStep(Step):
+    changes_data: ClassVar[bool] = True
+
+    def run(self, run: RestoreRun) -> str:
+        a = run.plan.globals
+        assert a is not None
+        with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+            sql = f.read().decode("utf-8", "replace")
+        g = parse_globals(sql)
+        existing = run.pg.role_names()
+        script, created = roles_script(g, existing, reset_existing=run.plan.roles)
+        run.touched.add(self.key)
+        run.pg.run_script(script, what="restoring roles")
+        kept = len([r for r in g.roles if r in existing])
+        parts = [f"created {', '.join(created)}" if created else "no role missing"]
+        if run.plan.roles:
+            parts.append(f"{kept} existing role(s) reset to the backup's")
+        elif kept:
+            parts.append(f"{kept} existing role(s) left as they are (--roles resets them)")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class DatabaseStep(Step):
+    name: str = ""
+    """The database in the set."""
+    target: str = ""
+    """The database it becomes (``--as``)."""
+    changes_data: ClassVar[bool] = True
+
+    def run(self, run: RestoreRun) -> str:
+        a = run.artifact("database", self.name)
+        pg = run.pg
+        tmp = fit_identifier(self.target, TMP_SUFFIX)
+        names = pg.database_names()
+        if tmp in names:
+            pg.query(f"DROP DATABASE {ident(tmp)} WITH (FORCE)")
+        fmt = a.source.get("format", "plain")
+        staged = run.stage_dump(a) if fmt == "custom" else None
+        props: DatabaseProperties | None = None
+        meter = ByteMeter(f"database {a.name}", run.events, a.source.get("raw_bytes"))
+        try:
+            props = self._properties(run, a, staged, names)
+            if props is not None and props.create:
+                pg.run_script("\n".join(props.renamed(tmp).create) + "\n",
+                              what=f"creating {tmp} with the database's encoding and locale")
+            else:
+                owner = (pg.query(f"SELECT pg_get_userbyid(datdba) FROM pg_database "
+                                  f"WHERE datname = {_lit(self.target)}").strip()
+                         if self.target in names else run.target.postgres_user)
+                pg.query(f"CREATE DATABASE {ident(tmp)} OWNER {ident(owner)}")
+            self._replay(run, a, tmp, staged, meter)
+            if props is not None and props.after:
+                pg.run_script("\n".join(props.renamed(tmp).after) + "\n",
+                              what="restoring the database's settings, comment and grants")
+            faults.hold("database", run.cancel)
+            if run.stopping():
+                raise Cancelled("restore cancelled")
+        except BaseException:
+            with contextlib.suppress(DcbError):
+                pg.query(f"DROP DATABASE IF EXISTS {ident(tmp)} WITH (FORCE)")
+            raise
+        finally:
+            if staged is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(staged[0])
+        meter.flush()
+        run.touched.add(self.key)
+        self._swap(run, tmp)
+        run.expected_props[self.target] = props.renamed(self.target) if props else None
+        return f"{meter.done} bytes replayed"
+
+    def _properties(self, run: RestoreRun, a: Artifact, staged: tuple[str, str] | None,
+                    names: set[str]) -> DatabaseProperties | None:
+        """The archive's DATABASE entries; for a plain dump (which has none) those of the
+        database it replaces, so it keeps its encoding, settings and grants."""
+        pg = run.pg
+        if a.source.get("format") == "custom":
+            if staged is not None:
+                sql = pg.archive_properties_sql(path=staged[1])
+            else:
+                with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+                    sql = pg.archive_properties_sql(chunks=_chunks(f, run))
+            props = database_properties(sql, a.name)
+            if not props.empty:
+                return props
+        if self.target in names:
+            props = database_properties(pg.live_properties_sql(self.target), self.target)
+            run.props_from_live.add(self.target)
+            return props if not props.empty else None
+        return None
+
+    def _replay(self, run: RestoreRun, a: Artifact, tmp: str, staged: tuple[str, str] | None,
+                meter: ByteMeter) -> None:
+        pg, user = run.pg, run.target.postgres_user
+        if a.source.get("format", "plain") == "custom":
+            cmd = ["pg_restore", "-U", user, "-d", tmp, "--exit-on-error", "--no-password"]
+        else:
+            cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", tmp,
+                   "-o", "/dev/null", "--no-password"]
+        if staged is not None:
+            # pg_restore -j2 needs a file it can seek: two cores replay the dump.
+            with pg.exec([*cmd, "-j", "2", staged[1]]) as p:
+                p.read_all()
+                code = p.wait(24 * 3600)
+            meter.add(a.size_bytes)
+        else:
+            with open_decompressed(run.plan.set.path / a.file, a.compression) as f, \
+                    pg.exec(cmd, stdin=True) as p:
+                code = p.feed(_chunks(f, run, meter))
+        if code != 0:
+            if run.stopping():
+                raise Cancelled("restore cancelled")
+            raise RestoreError(f"restoring {a.name} failed, the old database is "
+                               f"untouched: {_first_line(p.stderr_text)}")
+
+    def _swap(self, run: RestoreRun, tmp: str) -> None:
+        """The old database is renamed away only now that the new one is complete: kept as
+        the undo point, or dropped (no undo point, or PostgreSQL's data volume restored)."""
+        pg = run.pg
+        names = pg.database_names()
+        item = run.point_database(self.target)
+        drop_after = None
+        if self.target in names:
+            if item is not None and run.point is not None and run.point.mode == "move" \
+                    and not item.covered_by_volume:
+                rename_database(pg, self.target, item.undo_name)
+                item.swapped = True
+                run.save_point()
+            else:
+                drop_after = fit_identifier(self.target, OLD_SUFFIX)
+                if drop_after in names:
+                    pg.query(f"DROP DATABASE {ident(drop_after)} WITH (FORCE)")
+                rename_database(pg, self.target, drop_after)
+        pg.query(f"ALTER DATABASE {ident(tmp)} RENAME TO {ident(self.target)}")
+        if drop_after:
+            pg.query(f"DROP DATABASE IF EXISTS {ident(drop_after)} WITH (FORCE)")
+
+
+@dataclass(frozen=True)
+class RestartStep(Step):
+    def run(self, run: RestoreRun) -> str:
+        names = list(run.stopped)
+        run.restart(names)
+        run.stopped = []
+        return ""
+
+
+@dataclass(frozen=True)
+class VerifyStep(Step):
+    def run(self, run: RestoreRun) -> str:
+        faults.hold("verify", run.cancel)
+        if run.stopping():
+            raise Cancelled("restore cancelled")
+        plan, report = run.plan, run.report
+        for a in plan.databases:
+            name = plan.target_db or a.name
+            key = f"database {name}"
+            checked, diffs, unchecked = False, [], []
+            expected = a.source.get("row_counts")
+            if expected is None:
+                unchecked.append("row counts: none recorded" + (" (legacy set)"
+                                                                if plan.set.legacy else ""))
+            else:
+                actual = run.pg.row_counts(name)
+                diffs += [f"{t}: {actual.get(t)} rows, backup had {n}"
+                          for t, n in expected.items() if actual.get(t) != n]
+                diffs += [f"{t}: not in the backup" for t in actual if t not in expected]
+                checked = True
+            props = run.expected_props.get(name)
+            if props is None:
+                unchecked.append("properties: the dump records none (plain format)")
+            else:
+                live = database_properties(run.pg.live_properties_sql(name), name)
+                diffs += props.differences(live)
+                checked = True
+                if name in run.props_from_live:
+                    unchecked.append("properties: a plain dump records none; those of the "
+                                     "database it replaced were kept")
+            if checked:
+                report.verification[key] = diffs
+            if unchecked:
+                report.not_checked[key] = unchecked
+        for a in plan.volumes:
+            report.verification[f"volume {a.name}"] = run.volume_diffs.get(a.name,
+                                                                           ["not restored"])
+        bad = {k: v for k, v in report.verification.items() if v}
+        if bad:
+            detail = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in bad.items())
+            raise RestoreError("verification found differences: " + detail)
+        run.verified()
+        if report.not_checked:
+            return "equal where checked; not checked: " + "; ".join(
+                f"{k}: {', '.join(v)}" for k, v in report.not_checked.items())
+        return "all equal"
+
+
+# -- execution ------------------------------------------------------------------------------------
+class RestoreRun:
+    """One execution of a plan: its steps' shared state, the incident log, the undo point."""
+
+    def __init__(self, flow: RestoreFlow, plan: RestorePlan, restore_id: str) -> None:
+        self.flow = flow
+        self.plan = plan
+        self.rid = restore_id
+        self.cfg = flow.cfg
+        self.target = flow.target
+        self.events = flow.report
+        self.cancel = flow.cancel
+        self.abort = threading.Event()
+        """Set when one lane failed: the other stops at its next check."""
+        self.report = RestoreReport(restore_id=restore_id, set_id=plan.set.id)
+        self.report.notes = list(plan.notes)
+        self.stopped: list[str] = []
+        self.pg_stopped = False
+        self.point: UndoPoint | None = None
+        self.undo_store = UndoStore(flow.root)
+        self.volume_diffs: dict[str, list[str]] = {}
+        self.expected_props: dict[str, DatabaseProperties | None] = {}
+        self.props_from_live: set[str] = set()
+        self.touched: set[str] = set()
+        """Keys of steps that changed data (a failure after one leaves something to undo)."""
+        self.done: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- helpers the steps use ----------------------------------------------------------------
+    @property
+    def gw(self) -> Any:
+        return self.flow.gw
+
+    @property
+    def pg(self) -> Any:
+        return self.flow.pg
+
+    def stopping(self) -> bool:
+        return self.cancel.is_set() or self.abort.is_set()
+
+    def artifact(self, kind: str, name: str) -> Artifact:
+        for a in (*self.plan.databases, *self.plan.volumes):
+            if a.kind == kind and a.name == name:
+                return a
+        raise RestoreError(f"the plan has no {kind} {name!r}")
+
+    def point_volume(self, name: str) -> VolumeItem | None:
+        if self.point is None or self.point.mode != "move":
+            return None
+        return next((v for v in self.point.volumes if v.name == name), None)
+
+    def point_database(self, name: str) -> DbItem | None:
+        if self.point is None:
+            return None
+        return next((d for d in self.point.databases if d.name == name), None)
+
+    def save_point(self) -> None:
+        if self.point is not None:
+            with self._lock:
+                self.undo_store.save(self.point)
+
+    def compose_volume_labels(self, volume: str) -> dict[str, str]:
+        """A recreated volume carries Compose's labels when the stack is a Compose project, so
+        ``docker compose`` adopts it instead of warning about a foreign volume."""
+        from dcb.services.compose import PROJECT, compose_labels
+
+        labels = compose_labels(self.gw, self.target.app_containers,
+                                (self.target.postgres_container,))
+        project = labels.get(PROJECT)
+        if project and volume.startswith(f"{project}_"):
+            return {PROJECT: project, "com.docker.compose.volume": volume[len(project) + 1:]}
+        return {}
+
+    def stop_container(self, name: str) -> None:
+        self.events(LogLine(f"stopping {name}"))
+        if not self.target.sandbox:
+            self.flow.ledger.mark(name, "restore")
+        try:
+            self.gw.client.containers.get(name).stop(timeout=30)
+        except Exception as e:
+            raise RestoreError(f"could not stop {name}: {e}") from None
+
+    def restart(self, names: list[str]) -> None:
+        present = []
+        for n in names:
+            try:
+                self.gw.client.containers.get(n).start()
+                present.append(n)
+            except NotFound:
+                self.events(LogLine(f"{n} no longer exists: not started", "warning"))
+            except Exception as e:
+                if "No such container" in str(e):
+                    self.events(LogLine(f"{n} no longer exists: not started", "warning"))
+                    continue
+                raise RestoreError(f"could not start {n}: {e}") from None
+        self.flow.ledger.clear(names)
+        deadline = time.monotonic() + 60
+        for n in present:
+            while True:
+                info = self.gw.container(n)
+                if info.running and info.health in (None, "healthy"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"{n} did not come back up (state {info.state}, "
+                                       f"health {info.health})")
+                time.sleep(0.5)
+            self.events(LogLine(f"{n} is running"))
+
+    def stage_dump(self, a: Artifact) -> tuple[str, str] | None:
+        """Put a custom-format dump where the server's container can read it as a file: in
+        PostgreSQL's data volume, through its mountpoint (a hard link when the backup dir is
+        on the same filesystem, else a copy), named ``.dcb-restore-staged-<restore id>-...``
+        so the next run removes it if this one is killed. None when dcb cannot (not root
+        beside the engine, or no data volume mounted): the dump is then streamed to stdin.
+        """
+        if a.compression != "none":
+            return None
+        c = self.gw.find_container(self.target.postgres_container)
+        mount = next((m for m in (c.mounts if c else ()) if m.volume), None)
+        if mount is None or not mountpoint_usable(mount.source):
+            return None
+        name = f"{STAGED_PREFIX}{self.rid}-{a.name}.pgdump"
+        host = os.path.join(mount.source, name)
+        try:
+            # Mode 0600 stays (a hard link shares the artifact's inode): pg_restore runs as
+            # the container's default user, root in the official image.
+            try:
+                os.link(self.plan.set.path / a.file, host)
+            except OSError:
+                shutil.copyfile(self.plan.set.path / a.file, host)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(host)
+            return None
+        return host, f"{mount.destination.rstrip('/')}/{name}"
+
+    def verified(self) -> None:
+        """The restore verified: the undo point's window starts now."""
+        p = self.point
+        if p is None:
+            return
+        p.state = "verified"
+        p.verified_at = now_iso()
+        p.expires_at = expiry(self.cfg.restore.keep_undo_hours)
+        self.save_point()
+
+    # -- the run ----------------------------------------------------------------------------------
+    def execute(self) -> RestoreReport:
+        t_start = time.monotonic()
+        self.write_incident()
+        try:
+            self._run_steps()
+            self.report.ok = True
+            self._finish_point_ok()
+        except BaseException as e:
+            self._failed(e)
+            if not isinstance(e, DcbError | KeyboardInterrupt):
+                raise
+        finally:
+            self.report.seconds = round(time.monotonic() - t_start, 3)
+            self.report.finished = True
+            self.write_incident(final=True)
+        return self.report
+
+    def _run_steps(self) -> None:
+        futures: list[Future[None]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcb-restore") as pool:
+            try:
+                for step in self.plan.steps:
+                    _raise_failed(futures)
+                    if step.lane == "volumes":
+                        futures.append(pool.submit(self._run_one, step))
+                        continue
+                    if step.joins:
+                        _join(futures)
+                    self._run_one(step)
+                _join(futures)
+            except BaseException as e:
+                self.abort.set()
+                lane_error = None
+                for f in futures:
+                    with contextlib.suppress(BaseException):
+                        f.result()
+                    if f.done() and f.exception() is not None and lane_error is None:
+                        lane_error = f.exception()
+                if isinstance(e, Cancelled) and not self.cancel.is_set() and \
+                        lane_error is not None:
+                    raise lane_error from None
+                raise
+
+    def _run_one(self, step: Step) -> None:
+        with self._step(step) as rec:
+            rec.detail = step.run(self) or ""
+
+    @contextlib.contextmanager
+    def _step(self, step: Step) -> Iterator[StepRecord]:
+        rec = StepRecord(step.key, step.title, datetime.now(UTC).isoformat(timespec="seconds"))
+        with self._lock:
+            self.report.steps.append(rec)
+        self.events(StageStarted(step.title))
+        self.write_incident()
+        t0 = time.monotonic()
+        try:
+            if self.stopping():
+                raise Cancelled("restore cancelled")
+            yield rec
+        except BaseException as e:
+            rec.outcome = "cancelled" if isinstance(e, Cancelled | KeyboardInterrupt) \
+                else "failed"
+            rec.detail = rec.detail or str(e) or type(e).__name__
+            rec.seconds = round(time.monotonic() - t0, 3)
+            self.events(StageFailed(step.title, str(e)))
+            self.write_incident()
+            raise
+        rec.outcome = "ok"
+        rec.seconds = round(time.monotonic() - t0, 3)
+        self.done.add(step.key)
+        self.events(StageFinished(step.title, 0, rec.seconds, rec.detail))
+        self.write_incident()
+        if self.cancel.is_set():
+            raise Cancelled("restore cancelled")
+
+    def _finish_point_ok(self) -> None:
+        p = self.point
+        if p is None:
+            return
+        self.report.undo_point = True
+        self.report.undo = f"dcb undo {self.rid}"
+        if self.cfg.restore.keep_undo_hours == 0:
+            from dcb.services.undo_flow import release_now
+
+            release_now(self.flow, p, self.events)
+
+    def _failed(self, e: BaseException) -> None:
+        r = self.report
+        r.error = str(e) or type(e).__name__
+        r.cancelled = (isinstance(e, Cancelled | KeyboardInterrupt) and self.cancel.is_set()) \
+            or isinstance(e, KeyboardInterrupt)
+        if self.pg_stopped:
+            with contextlib.suppress(Exception):
+                self.gw.client.containers.get(self.target.postgres_container).start()
+                if not self.target.sandbox:
+                    self.flow.ledger.clear([self.target.postgres_container])
+        if self.stopped:
+            with contextlib.suppress(Exception):
+                self.restart(self.stopped)
+        p = self.point
+        if p is not None:
+            if not self.touched:
+                from dcb.services.undo_flow import release_now
+
+                with contextlib.suppress(Exception):
+                    release_now(self.flow, p, self.events, note="nothing was changed")
+            else:
+                p.state = "failed"
+                p.note = r.error
+                with contextlib.suppress(DcbError):
+                    self.save_point()
+                r.undo_point = True
+                r.undo = f"dcb undo {self.rid}"
+        r.state = self._describe_state()
+
+    def _describe_state(self) -> list[str]:
+        plan = self.plan
+        if not self.touched:
+            return ["nothing was changed"]
+        state = []
+        for a in plan.volumes:
+            key = f"volume:{a.name}"
+            if key in self.done:
+                what = f"restored from {plan.set.id}"
+            elif key in self.touched:
+                item = self.point_volume(a.name)
+                what = "partly replaced" + (" (its previous contents are in the undo point)"
+                                            if item and item.moved else "")
+            else:
+                what = "unchanged"
+            state.append(f"volume {a.name}: {what}")
+        for a in plan.databases:
+            name = plan.target_db or a.name
+            done = f"database:{a.name}" in self.done
+            state.append(f"database {name}: " + (f"restored from {plan.set.id}" if done
+                                                 else "unchanged (old data in place)"))
+        return state
+
+    # -- incident log ---------------------------------------------------------------------------
+    def write_incident(self, final: bool = False) -> None:
+        root = self.flow.root
+        with self._lock, contextlib.suppress(OSError, DcbError):
+            d = root / RESTORES_DIR
+            d.mkdir(mode=0o700, exist_ok=True)
+            data = {"plan": self.plan.to_json(), "report": self.report.to_json(),
+                    "sandbox": self.target.sandbox}
+            atomic_write_bytes(d / f"{self.rid}.json", json.dumps(data, indent=2).encode())
+            if not final or self.target.sandbox:
+                return  # the drill records itself, with its measured RTO
+            raw = sum(int(a.source.get("raw_bytes") or 0)
+                      for a in (*self.plan.databases, *self.plan.volumes))
+            append_history(root, {"kind": "restore",
+                                  "id": self.rid, "set_id": self.plan.set.id,
+                                  "ok": self.report.ok, "seconds": self.report.seconds,
+                                  "raw_bytes": raw, "error": self.report.error,
+                                  "safety_set_id": self.report.safety_set_id,
+                                  "undo_point": self.report.undo_point,
+                                  "at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+
+def _join(futures: list[Future[None]]) -> None:
+    for f in futures:
+        f.result()
+
+
+def _raise_failed(futures: list[Future[None]]) -> None:
+    for f in futures:
+        if f.done() and f.exception() is not None:
+            f.result()
+
+
+class _HoldingReader:
+    """A read-only file wrapper that counts bytes, honours cancellation and holds (fault
+    tests) once the first MiB went through."""
+
+    def __init__(self, f: Any, meter: ByteMeter, stopping: Any,
+                 cancel: threading.Event) -> None:
+        self.f = f
+        self.meter = meter
+        self.stopping = stopping
+        self.cancel = cancel
+        self._held = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.stopping():
+            raise Cancelled("restore cancelled")
+        b: bytes = self.f.read(n)
+        self.meter.add(len(b))
+        if not self._held and self.meter.done >= CHUNK:
+            self._held = True
+            faults.hold("volume", self.cancel)
+        return b
+
+
+def _chunks(f: Any, run: RestoreRun, meter: ByteMeter | None = None) -> Iterator[bytes]:
+    while True:
+        if run.stopping():
+            raise Cancelled("restore cancelled")
+        b = f.read(CHUNK)
+        if not b:
+            return
+        if meter is not None:
+            meter.add(len(b))
+        yield b
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if "ERROR" in line or "error" in line or "FATAL" in line:
+            return line.strip()
+    return text.strip().splitlines()[-1] if text.strip() else "no error output"
