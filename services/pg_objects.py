@@ -116,7 +116,7 @@ class Globals:
     """A ``pg_dumpall --globals-only`` script, by role."""
 
     preamble: list[str] = field(default_factory=list)
-    """``SET`` and ``\\restrict`` lines: kept in every script made from it."""
+    """``SET`` lines: kept in every script made from it."""
     roles: dict[str, list[str]] = field(default_factory=dict)
     """Role -> its CREATE ROLE, ALTER ROLE ... WITH and ALTER ROLE ... SET lines."""
     memberships: list[tuple[str, str, str]] = field(default_factory=list)
@@ -131,7 +131,9 @@ def parse_globals(sql: str) -> Globals:
         s = line.strip()
         if not s or s.startswith("--"):
             continue
-        if s.startswith("\\") or s.startswith("SET "):
+        if s.startswith("\\"):
+            continue  # psql meta-commands (\restrict): not needed for the lines kept
+        if s.startswith("SET "):
             g.preamble.append(s)
         elif (m := _CREATE_ROLE.match(s)) or (m := _ALTER_ROLE.match(s)):
             g.roles.setdefault(unquote(m[1]), []).append(s)
@@ -157,9 +159,14 @@ def roles_script(g: Globals, existing: set[str], reset_existing: bool = False
     for role, stmts in g.roles.items():
         if role in existing and not reset_existing:
             continue
+        if role in existing:
+            # --roles over an existing role: back to defaults, then the backup's ALTER ROLE
+            # lines (pg_dumpall leaves out what is at its default).
+            lines += [f"ALTER ROLE {ident(role)} CONNECTION LIMIT -1;",
+                      f"ALTER ROLE {ident(role)} RESET ALL;"]
         for s in stmts:
             if s.startswith("CREATE ROLE ") and role in existing:
-                continue  # --roles over an existing role: its ALTER ROLE lines reset it
+                continue
             lines.append(s)
     new = set(created)
     for granted, member, s in g.memberships:
