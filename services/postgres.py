@@ -61,6 +61,7 @@ class PgGateway:
         self.container = container
         self.user = user
         self._env = {"PGPASSWORD": password} if password else {}
+        self._major: int | None = None
 
     def exec(self, cmd: list[str], *, stdin: bool = False) -> ExecProcess:
         return ExecProcess(self.gw, self.container, cmd, env=self._env, stdin=stdin)
@@ -98,6 +99,12 @@ class PgGateway:
                          "current_setting('server_version_num')").strip()
         version, num = out.split("|")
         return ServerInfo(version=version, version_num=int(num))
+
+    def server_major(self) -> int:
+        """The server's major version, asked once per gateway."""
+        if self._major is None:
+            self._major = self.server_info().major
+        return self._major
 
     def database_sizes(self) -> dict[str, int]:
         out = self.query("SELECT datname || '|' || pg_database_size(datname) FROM pg_database "

@@ -49,7 +49,7 @@ from dcb.services.undo import (
     expiry,
     move_aside,
     now_iso,
-    rename_database,
+    rename_sql,
     undo_db_name,
 )
 from dcb.services.volumes import mountpoint_usable
@@ -64,6 +64,7 @@ STAGED_PREFIX = ".dcb-restore-staged-"
 """Dumps staged in PostgreSQL's data volume for ``pg_restore -j2``; any left by a killed run
 are removed by the next one (services/undo_flow.py)."""
 LEGACY_STAGED_PREFIX = ".dcb-restore-"
+NOTHING_CHANGED = "nothing was changed"
 
 
 @dataclass(frozen=True)
@@ -400,25 +401,36 @@ class DatabaseStep(Step):
 
     def _swap(self, run: RestoreRun, tmp: str) -> None:
         """The old database is renamed away only now that the new one is complete: kept as
-        the undo point, or dropped (no undo point, or PostgreSQL's data volume restored)."""
+        the undo point, or dropped (no undo point, or PostgreSQL's data volume restored).
+        One psql run; if it fails half-way the old database gets its name back."""
         pg = run.pg
         names = pg.database_names()
         item = run.point_database(self.target)
-        drop_after = None
+        keep = item is not None and run.point is not None and run.point.mode == "move" \
+            and not item.covered_by_volume
+        aside = None
+        script: list[str] = []
         if self.target in names:
-            if item is not None and run.point is not None and run.point.mode == "move" \
-                    and not item.covered_by_volume:
-                rename_database(pg, self.target, item.undo_name)
-                item.swapped = True
-                run.save_point()
-            else:
-                drop_after = fit_identifier(self.target, OLD_SUFFIX)
-                if drop_after in names:
-                    pg.query(f"DROP DATABASE {ident(drop_after)} WITH (FORCE)")
-                rename_database(pg, self.target, drop_after)
-        pg.query(f"ALTER DATABASE {ident(tmp)} RENAME TO {ident(self.target)}")
-        if drop_after:
-            pg.query(f"DROP DATABASE IF EXISTS {ident(drop_after)} WITH (FORCE)")
+            aside = item.undo_name if keep and item else fit_identifier(self.target, OLD_SUFFIX)
+            if aside in names:
+                script.append(f"DROP DATABASE {ident(aside)} WITH (FORCE);")
+            script += rename_sql(pg, self.target, aside)
+        script.append(f"ALTER DATABASE {ident(tmp)} RENAME TO {ident(self.target)};")
+        if aside and not keep:
+            script.append(f"DROP DATABASE {ident(aside)} WITH (FORCE);")
+        try:
+            pg.run_script("\n".join(script) + "\n", what=f"swapping in {self.target}")
+        except DcbError:
+            now = pg.database_names()
+            if aside and aside in now and self.target not in now:
+                with contextlib.suppress(DcbError):
+                    pg.query(f"ALTER DATABASE {ident(aside)} RENAME TO {ident(self.target)}")
+                    pg.query(f"ALTER DATABASE {ident(self.target)} WITH ALLOW_CONNECTIONS "
+                             "true")
+            raise
+        if keep and item is not None and aside:
+            item.swapped = True
+            run.save_point()
 
 
 @dataclass(frozen=True)
@@ -506,6 +518,7 @@ class RestoreRun:
         """Keys of steps that changed data (a failure after one leaves something to undo)."""
         self.done: set[str] = set()
         self._lock = threading.RLock()
+        self._pg: Any = None
 
     # -- helpers the steps use ----------------------------------------------------------------
     @property
@@ -514,7 +527,9 @@ class RestoreRun:
 
     @property
     def pg(self) -> Any:
-        return self.flow.pg
+        if self._pg is None:
+            self._pg = self.flow.pg
+        return self._pg
 
     def stopping(self) -> bool:
         return self.cancel.is_set() or self.abort.is_set()
@@ -731,7 +746,7 @@ class RestoreRun:
                 from dcb.services.undo_flow import release_now
 
                 with contextlib.suppress(Exception):
-                    release_now(self.flow, p, self.events, note="nothing was changed")
+                    release_now(self.flow, p, self.events, note=NOTHING_CHANGED)
             else:
                 p.state = "failed"
                 p.note = r.error
@@ -744,7 +759,7 @@ class RestoreRun:
     def _describe_state(self) -> list[str]:
         plan = self.plan
         if not self.touched:
-            return ["nothing was changed"]
+            return [NOTHING_CHANGED]
         state = []
         for a in plan.volumes:
             key = f"volume:{a.name}"

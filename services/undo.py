@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +43,7 @@ import docker.errors
 from dcb.services.artifacts import atomic_write_bytes
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound, UsageError
-from dcb.services.pg_objects import fit_identifier, ident
+from dcb.services.pg_objects import fit_identifier, ident, literal
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import LogLine, Reporter
 from dcb.services.store import MANIFEST, BackupStore
@@ -306,55 +307,72 @@ def remove_volume(gw: DockerGateway, name: str) -> None:
 
 
 # -- databases ----------------------------------------------------------------------------------
-def swap_back_database(pg: PgGateway, point: UndoPoint, item: DbItem) -> str:
-    """Put the replaced database back under its name; the restored one is renamed aside."""
+def swap_back_databases(pg: PgGateway, point: UndoPoint, items: list[DbItem]) -> list[str]:
+    """Put the replaced databases back under their names; the restored ones are renamed aside
+    (dropped at release). One psql run for all of them. Returns what happened, per database.
+    """
     names = pg.database_names()
-    discard = discard_db_name(item.name, point.restore_id)
-    tmp = fit_identifier(item.name, "__dcb_restore")
-    if tmp in names:
-        pg.query(f"DROP DATABASE {ident(tmp)} WITH (FORCE)")
-    if item.covered_by_volume:
-        return f"database {item.name}: back with PostgreSQL's data volume"
-    if item.existed:
-        if item.undo_name not in names:
+    script: list[str] = []
+    done: list[str] = []
+    for item in items:
+        discard = discard_db_name(item.name, point.restore_id)
+        tmp = fit_identifier(item.name, "__dcb_restore")
+        if tmp in names:
+            script.append(f"DROP DATABASE {ident(tmp)} WITH (FORCE);")
+        if item.covered_by_volume:
+            done.append(f"database {item.name}: back with PostgreSQL's data volume")
+        elif item.existed:
+            if item.undo_name not in names:
+                if item.name not in names:
+                    raise UndoError(f"database {item.name}: neither it nor its undo copy "
+                                    f"{item.undo_name} exists")
+                done.append(f"database {item.name}: already as before the restore")
+                continue
             if item.name in names:
-                return f"database {item.name}: already as before the restore"
-            raise UndoError(f"database {item.name}: neither it nor its undo copy "
-                            f"{item.undo_name} exists")
-        if item.name in names:
-            _rename_away(pg, item.name, discard, names)
-        pg.query(f"ALTER DATABASE {ident(item.undo_name)} RENAME TO {ident(item.name)}")
-        pg.query(f"ALTER DATABASE {ident(item.name)} WITH ALLOW_CONNECTIONS "
-                 f"{'true' if item.allow_connections else 'false'}")
-        return f"database {item.name}: previous database back"
-    if item.name in names:
-        _rename_away(pg, item.name, discard, names)
-        return f"database {item.name}: removed (it did not exist before the restore)"
-    return f"database {item.name}: already gone, as before the restore"
+                script += _rename_away_sql(pg, item.name, discard, names)
+            script.append(f"ALTER DATABASE {ident(item.undo_name)} RENAME TO "
+                          f"{ident(item.name)};")
+            script.append(f"ALTER DATABASE {ident(item.name)} WITH ALLOW_CONNECTIONS "
+                          f"{'true' if item.allow_connections else 'false'};")
+            done.append(f"database {item.name}: previous database back")
+        elif item.name in names:
+            script += _rename_away_sql(pg, item.name, discard, names)
+            done.append(f"database {item.name}: removed (it did not exist before the restore)")
+        else:
+            done.append(f"database {item.name}: already gone, as before the restore")
+    if script:
+        pg.run_script("\n".join(script) + "\n", what="swapping the databases back")
+    return done
 
 
-def _rename_away(pg: PgGateway, name: str, to: str, names: set[str]) -> None:
-    if to in names:
-        pg.query(f"DROP DATABASE {ident(to)} WITH (FORCE)")
-    rename_database(pg, name, to)
+def _rename_away_sql(pg: PgGateway, name: str, to: str, names: set[str]) -> list[str]:
+    out = [f"DROP DATABASE {ident(to)} WITH (FORCE);"] if to in names else []
+    return out + rename_sql(pg, name, to)
+
+
+def rename_sql(pg: PgGateway, name: str, to: str) -> list[str]:
+    """Rename a database that clients may be using: refuse new connections, end the open
+    ones (waiting until they are gone, PostgreSQL 14+), rename."""
+    wait = ", 10000" if pg.server_major() >= 14 else ""
+    return [f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS false;",
+            f"SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity "
+            f"WHERE datname = {literal(name)} AND pid <> pg_backend_pid();",
+            f"ALTER DATABASE {ident(name)} RENAME TO {ident(to)};"]
 
 
 def rename_database(pg: PgGateway, name: str, to: str) -> None:
-    """Rename a database that clients may be using: refuse new connections, end the open
-    ones, rename (retried: a client may reconnect between the two)."""
-    pg.query(f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS false")
+    """:func:`rename_sql` in one psql run; retried a few times (before PostgreSQL 14 a
+    terminated session may still be leaving when the rename comes)."""
     for attempt in range(10):
-        pg.terminate_connections(name)
         try:
-            pg.query(f"ALTER DATABASE {ident(name)} RENAME TO {ident(to)}")
+            pg.run_script("\n".join(rename_sql(pg, name, to)) + "\n",
+                          what=f"renaming database {name}")
             return
         except DcbError:
             if attempt == 9:
                 with contextlib.suppress(DcbError):
                     pg.query(f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS true")
                 raise
-            import time
-
             time.sleep(0.3)
 
 

@@ -29,7 +29,12 @@ from dcb.services.pg_objects import fit_identifier, ident
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import LogLine, Reporter, StageFinished, StageStarted, null_reporter
 from dcb.services.restore_model import RESTORES_DIR, Target, state_root
-from dcb.services.restore_steps import LEGACY_STAGED_PREFIX, STAGED_PREFIX, TMP_SUFFIX
+from dcb.services.restore_steps import (
+    LEGACY_STAGED_PREFIX,
+    NOTHING_CHANGED,
+    STAGED_PREFIX,
+    TMP_SUFFIX,
+)
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import BackupStore
 from dcb.services.undo import (
@@ -41,7 +46,7 @@ from dcb.services.undo import (
     ensure_directory,
     now_iso,
     release_point,
-    swap_back_database,
+    swap_back_databases,
     swap_back_volume,
 )
 from dcb.services.volumes import mountpoint_usable
@@ -124,10 +129,11 @@ def _close_interrupted_incidents(root: Path, report: Reporter) -> None:
             continue
         if r.get("finished", True):
             continue
-        last = next((s for s in reversed(r.get("steps", []))), None)
-        where = f" during '{last['title']}'" if last else " before its first step"
-        if last and last.get("outcome") == "running":
-            last["outcome"] = "interrupted"
+        running = [s for s in r.get("steps", []) if s.get("outcome") == "running"]
+        where = (" during " + ", ".join(f"'{s['title']}'" for s in running) if running
+                 else " between steps")
+        for s in running:
+            s["outcome"] = "interrupted"
         r["error"] = r.get("error") or f"interrupted: dcb stopped{where} (killed?)"
         r["finished"] = True
         if not data.get("sandbox"):
@@ -232,6 +238,9 @@ def undo_restore(cfg: Config, restore_id: str, reporter: Reporter = null_reporte
     if p.state == "undone":
         return UndoResult(restore_id, True, already=True,
                           steps=[f"already undone at {p.undone_at}"])
+    if p.state == "released" and p.note == NOTHING_CHANGED:
+        return UndoResult(restore_id, True, already=True,
+                          steps=["the restore changed nothing: nothing to undo"])
     if p.state == "released":
         raise UndoError(f"the undo point of {restore_id} was released at {p.released_at}: "
                         "the previous data is gone",
@@ -263,11 +272,8 @@ class _Undo:
         self.ledger = StoppedLedger(state_root(cfg))
         self.store = UndoStore(state_root(cfg))
         self.stopped: list[str] = []
-
-    @property
-    def pg(self) -> PgGateway:
         t = self.target
-        return PgGateway(self.gw, t.postgres_container, t.postgres_user, t.password)
+        self.pg = PgGateway(gw, t.postgres_container, t.postgres_user, t.password)
 
     def run(self) -> UndoResult:
         p, result = self.p, UndoResult(self.p.restore_id, False)
@@ -285,9 +291,10 @@ class _Undo:
                 self.report(LogLine(result.steps[-1]))
             if pg_vol or dbs:
                 self._postgres_up()
-            for d in dbs:
-                result.steps.append(swap_back_database(self.pg, p, d))
-                self.report(LogLine(result.steps[-1]))
+            if dbs:
+                for line in swap_back_databases(self.pg, p, dbs):
+                    result.steps.append(line)
+                    self.report(LogLine(line))
             result.steps += [f"database {d.name}: back with PostgreSQL's data volume"
                              for d in p.databases if d.covered_by_volume]
             self._restart()
@@ -396,8 +403,7 @@ def _undo_from_safety_set(cfg: Config, p: UndoPoint, reporter: Reporter,
             if absent:
                 t = Target.live(cfg)
                 pg = PgGateway(gw, t.postgres_container, t.postgres_user, t.password)
-                for d in absent:
-                    result.steps.append(swap_back_database(pg, p, d))
+                result.steps += swap_back_databases(pg, p, absent)
             result.steps += [f"volume {v.name}: did not exist before the restore; left as "
                              "restored" for v in p.volumes if not v.existed]
             p.state = "undone"

@@ -17,15 +17,16 @@ from tests.conftest import run_dcb
 from tests.stackkit import TestStack, release_undo_points
 
 DB = "dcbt_latin"
-PROPS = f"""
+PROPS = """
 SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, d.datlocprovider,
        coalesce(d.daticulocale, '-'), pg_get_userbyid(d.datdba), d.datconnlimit,
        d.datallowconn,
-       (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(d.datacl) a), coalesce(shobj_description(d.oid, 'pg_database'), '-'),
+       (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(d.datacl) a),
+       coalesce(shobj_description(d.oid, 'pg_database'), '-'),
        coalesce((SELECT string_agg(coalesce(pg_get_userbyid(s.setrole), '*') || '=' ||
                                    s.setconfig::text, ',' ORDER BY s.setrole)
                  FROM pg_db_role_setting s WHERE s.setdatabase = d.oid), '-')
-FROM pg_database d WHERE d.datname = '{{db}}'
+FROM pg_database d WHERE d.datname = '{db}'
 """
 ROLE = """
 SELECT rolcanlogin, rolconnlimit, coalesce(rolpassword, '-'),
