@@ -208,7 +208,7 @@ class BlastRadius:
             if d.exists is None:
                 now = "PostgreSQL not running: size unknown"
             elif d.exists:
-                now = f"now {fmt.size(d.size_bytes)}, {d.connections} live connection(s)"
+                now = f"now {fmt.size(d.size_bytes)}, {d.connections} live connections"
             else:
                 now = "does not exist now (created)"
             rows = f" ({d.rows:,} rows)" if d.rows else ""
