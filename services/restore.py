@@ -123,7 +123,8 @@ class RestoreFlow:
         dbs, vols, glob = self._select(s, request)
         stops_pg = any(a.name == self.target.postgres_data_volume for a in vols)
         pg_state = self._require_postgres(bool(dbs), stops_pg)
-        checks, listings = self._validate(s, dbs, vols, glob, pg_running=pg_state == "running")
+        checks, listings, digests = self._validate(s, dbs, vols, glob,
+                                                   pg_running=pg_state == "running")
 
         notes = []
         if s.legacy:
@@ -142,6 +143,7 @@ class RestoreFlow:
         plan = RestorePlan(set=s, databases=dbs, volumes=vols, globals=glob,
                            target_db=request.target_db, undo=undo, stop_containers=stop,
                            stops_postgres=stops_pg, steps=(), listings=listings,
+                           digests=digests,
                            notes=tuple(notes), delta=request.delta, roles=request.roles,
                            starts_postgres=starts_pg, checks=tuple(checks),
                            missing_containers=missing)
@@ -219,7 +221,7 @@ class RestoreFlow:
     # -- validation -------------------------------------------------------------------------------
     def _validate(self, s: BackupSet, dbs: tuple[Artifact, ...], vols: tuple[Artifact, ...],
                   glob: Artifact | None, pg_running: bool
-                  ) -> tuple[list[Check], dict[str, Listing]]:
+                  ) -> tuple[list[Check], dict[str, Listing], dict[str, str]]:
         """Every selected artifact read once: its checksum and, in the same pass, its content
         (each tar member checked, each dump read through). Two at a time: the volumes' tar
         checks run here while pg_restore reads the dumps in the server's container."""
@@ -228,12 +230,13 @@ class RestoreFlow:
         self.report(StageStarted("validate", total))
         t0 = time.monotonic()
         listings: dict[str, Listing] = {}
+        digests: dict[str, str] = {}
         checks: dict[int, Check] = {}
         problems: list[str] = []
 
         def one(i: int, a: Artifact) -> None:
             try:
-                check, listing = self._validate_artifact(s, a, pg_running)
+                check, listing, digest = self._validate_artifact(s, a, pg_running)
             except Cancelled:
                 raise
             except DcbError as e:
@@ -242,6 +245,7 @@ class RestoreFlow:
             checks[i] = check
             if listing is not None:
                 listings[a.name] = listing
+                digests[a.name] = digest
             faults.hold("validate", self.cancel)
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dcb-validate") as pool:
@@ -260,10 +264,10 @@ class RestoreFlow:
         if len(with_sums) < len(arts):
             head.append(Check("checksums", None, "legacy set: no checksums recorded"))
         self.report(StageFinished("validate", total, time.monotonic() - t0))
-        return head + ordered, listings
+        return head + ordered, listings, digests
 
     def _validate_artifact(self, s: BackupSet, a: Artifact, pg_running: bool
-                           ) -> tuple[Check, Listing | None]:
+                           ) -> tuple[Check, Listing | None, str]:
         path = s.path / a.file
         try:
             size = path.stat().st_size
@@ -287,7 +291,7 @@ class RestoreFlow:
         if a.sha256 is not None and raw.hexdigest() != a.sha256:
             raise RestoreError("checksum mismatch (corrupted)")
         meter.flush()
-        return check, listing
+        return check, listing, raw.hexdigest()
 
     def _validate_content(self, a: Artifact, raw: _HashingReader, pg_running: bool
                           ) -> tuple[Check, Listing | None]:

@@ -90,6 +90,9 @@ class RestorePlan:
     stops_postgres: bool
     steps: tuple[Step, ...]
     listings: dict[str, Listing] = field(default_factory=dict, compare=False, repr=False)
+    digests: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """SHA-256 of each volume archive as validated (legacy sets have none in their manifest):
+    the extraction must read the same bytes."""
     notes: tuple[str, ...] = ()
     delta: bool = False
     roles: bool = False

@@ -28,6 +28,7 @@ from dcb.services import faults
 from dcb.services.artifacts import CHUNK, atomic_write_bytes, open_decompressed
 from dcb.services.backup import BackupRequest, BackupRun, append_history
 from dcb.services.errors import Cancelled, DcbError, NotFound
+from dcb.services.host_extract import extract_validated, gnu_tar
 from dcb.services.pg_objects import (
     DatabaseProperties,
     database_properties,
@@ -250,10 +251,22 @@ class VolumeStep(Step):
         elif not delta:
             clear_directory(dest)
         meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
-        with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
-            listing = extract_archive(
-                _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
-                dest, expected=run.plan.listings.get(a.name), delta=delta)
+        validated = run.plan.listings.get(a.name)
+        how = ""
+        if validated is not None and not delta and gnu_tar() is not None and \
+                not any(os.scandir(dest)):
+            # Validated in this run, into an empty directory: GNU tar writes it.
+            extract_validated(run.plan.set.path / a.file, a.compression, dest,
+                              sha256=a.sha256 or run.plan.digests.get(a.name), meter=meter,
+                              stopping=run.stopping,
+                              after_first_chunk=lambda: faults.hold("volume", run.cancel))
+            listing = validated
+            how = ", GNU tar"
+        else:
+            with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+                listing = extract_archive(
+                    _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
+                    dest, expected=validated, delta=delta)
         if delta:
             remove_extraneous(dest, listing)
         meter.flush()
@@ -262,8 +275,8 @@ class VolumeStep(Step):
         # Compared now, before anything starts on the volume: PostgreSQL rewrites its data
         # dir as it boots and an app may write at once.
         run.volume_diffs[a.name] = compare_tree(dest, listing)
-        how = " (previous contents kept in the undo point)" if item and item.moved else ""
-        return f"{len(listing.entries)} entries{how}"
+        kept = "; previous contents kept in the undo point" if item and item.moved else ""
+        return f"{len(listing.entries)} entries{how}{kept}"
 
 
 @dataclass(frozen=True)
