@@ -414,16 +414,11 @@ class RestoreFlow:
             steps.append(RolesStep("roles", "restore roles" + (" (reset existing ones)"
                                                                if plan.roles else
                                                                " (create missing ones)"), 1))
-        db_steps = []
-        for a, lane in _balance_lanes(plan.volumes, plan.databases, t.postgres_data_volume):
+        for a in plan.databases:
             name = plan.target_db or a.name
-            db_steps.append(DatabaseStep(f"database:{a.name}", f"restore database {a.name}"
-                                         + (f" as {name}" if name != a.name else ""), est(a),
-                                         lane=lane, name=a.name, target=name))
-        # Steps of the second lane are handed to it when the executor reaches them: listed
-        # first, they start at once instead of after the main lane's databases.
-        steps += [s for s in db_steps if s.lane == "volumes"]
-        steps += [s for s in db_steps if s.lane == "main"]
+            steps.append(DatabaseStep(f"database:{a.name}", f"restore database {a.name}"
+                                      + (f" as {name}" if name != a.name else ""), est(a),
+                                      name=a.name, target=name))
         if plan.stop_containers:
             steps.append(RestartStep("restart", "start " + ", ".join(plan.stop_containers), 10,
                                      joins=True))
@@ -543,30 +538,6 @@ class RestoreFlow:
                 recover(self.cfg, self.gw, self.report, self.target)
                 release_expired(self.cfg, self.gw, self.report)
             return RestoreRun(self, plan, new_restore_id(self.root)).execute()
-
-
-# Relative cost of a byte of each artifact kind to restore, from the bench (bench/README.md):
-# a custom-format dump is compressed and rebuilds indexes, a tar byte is a file write.
-_COST = {"custom": 30.0, "plain": 3.0, "tar": 1.0}
-
-
-def _balance_lanes(vols: tuple[Artifact, ...], dbs: tuple[Artifact, ...], pg_volume: str
-                   ) -> list[tuple[Artifact, str]]:
-    """Which lane restores each database: the biggest first, each into the lane with less
-    work so far (the app's volumes are the second lane's; a database there starts once they
-    are done). Both cores stay busy until the end instead of one waiting for the other."""
-    def cost(a: Artifact) -> float:
-        fmt = "tar" if a.kind == "volume" else str(a.source.get("format") or "plain")
-        return float(a.source.get("raw_bytes") or a.size_bytes) * _COST.get(fmt, 3.0)
-
-    load = {"main": sum(cost(a) for a in vols if a.name == pg_volume),
-            "volumes": sum(cost(a) for a in vols if a.name != pg_volume)}
-    out = []
-    for a in sorted(dbs, key=cost, reverse=True):
-        lane = "volumes" if load["volumes"] < load["main"] and load["volumes"] > 0 else "main"
-        load[lane] += cost(a)
-        out.append((a, lane))
-    return [(a, lane) for a in dbs for b, lane in out if b is a]
 
 
 def compare_tree(root: Path, listing: Listing) -> list[str]:
