@@ -150,7 +150,9 @@ def report_text(r: RestoreReport) -> str:
         parts = []
         if what in r.verification:
             diffs = r.verification[what]
-            parts.append("equal" if not diffs else "; ".join(diffs[:5]))
+            what_ = ", ".join(r.checked.get(what) or [])
+            parts.append((f"equal ({what_})" if what_ else "equal") if not diffs
+                         else "; ".join(diffs[:5]))
         if r.not_checked.get(what):
             parts.append("not checked: " + "; ".join(r.not_checked[what]))
         lines.append(f"  verify {what}: " + "; ".join(parts))
@@ -363,8 +365,9 @@ def incident_markdown(data: dict[str, Any]) -> str:
         out += ["", "## Verification", ""]
         for k in sorted(checked):
             diffs = (r.get("verification") or {}).get(k)
-            line = f"- {k}: " + ("equal" if diffs == [] else "; ".join(diffs[:5]) if diffs
-                                 else "-")
+            how = ", ".join((r.get("checked") or {}).get(k) or [])
+            line = f"- {k}: " + ((f"equal ({how})" if how else "equal") if diffs == []
+                                 else "; ".join(diffs[:5]) if diffs else "-")
             missing = (r.get("not_checked") or {}).get(k)
             if missing:
                 line += "; not checked: " + "; ".join(missing)

@@ -150,6 +150,8 @@ class RestoreReport:
     """An undo point holds what was replaced (``dcb undo RESTORE_ID``)."""
     verification: dict[str, list[str]] = field(default_factory=dict)
     """Per database/volume that was checked: the differences found (empty: equal)."""
+    checked: dict[str, list[str]] = field(default_factory=dict)
+    """Per database/volume: what was compared (row counts, properties, file list)."""
     not_checked: dict[str, list[str]] = field(default_factory=dict)
     """Per database/volume: what could not be checked, and why."""
     error: str | None = None

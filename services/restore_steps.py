@@ -465,7 +465,9 @@ class VerifyStep(Step):
         for a in plan.databases:
             name = plan.target_db or a.name
             key = f"database {name}"
-            checked, diffs, unchecked = False, [], []
+            checked: list[str] = []
+            diffs: list[str] = []
+            unchecked: list[str] = []
             expected = a.source.get("row_counts")
             if expected is None:
                 unchecked.append("row counts: none recorded" + (" (legacy set)"
@@ -475,24 +477,26 @@ class VerifyStep(Step):
                 diffs += [f"{t}: {actual.get(t)} rows, backup had {n}"
                           for t, n in expected.items() if actual.get(t) != n]
                 diffs += [f"{t}: not in the backup" for t in actual if t not in expected]
-                checked = True
+                checked.append("row counts")
             props = run.expected_props.get(name)
             if props is None:
                 unchecked.append("properties: the dump records none (plain format)")
             else:
                 live = database_properties(run.pg.live_properties_sql(name), name)
                 diffs += props.differences(live)
-                checked = True
+                checked.append("properties")
                 if name in run.props_from_live:
                     unchecked.append("properties: a plain dump records none; those of the "
                                      "database it replaced were kept")
             if checked:
                 report.verification[key] = diffs
+                report.checked[key] = checked
             if unchecked:
                 report.not_checked[key] = unchecked
         for a in plan.volumes:
             report.verification[f"volume {a.name}"] = run.volume_diffs.get(a.name,
                                                                            ["not restored"])
+            report.checked[f"volume {a.name}"] = ["file list"]
         bad = {k: v for k, v in report.verification.items() if v}
         if bad:
             detail = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in bad.items())

@@ -481,8 +481,9 @@ def result_lines(r: RestoreReport) -> list[str]:
         parts = []
         if what in r.verification:
             diffs = r.verification[what]
-            parts.append("[green]equal to the backup[/]" if not diffs
-                         else "[red]" + "; ".join(diffs[:5]) + "[/]")
+            how = ", ".join(r.checked.get(what) or [])
+            parts.append(f"[green]equal to the backup[/]{f' ({how})' if how else ''}"
+                         if not diffs else "[red]" + "; ".join(diffs[:5]) + "[/]")
         if r.not_checked.get(what):
             parts.append("[yellow]not checked: " + "; ".join(r.not_checked[what]) + "[/]")
         lines.append(f"  {what}: " + "; ".join(parts))
