@@ -171,7 +171,8 @@ def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
     request = RestoreRequest(
         set_id=args.id, databases=tuple(args.db) if args.db else None,
         volumes=tuple(args.volume) if args.volume else None, target_db=args.as_name,
-        safety_backup=not args.no_safety_backup, delta=args.delta, roles=args.roles)
+        safety_backup=not args.no_safety_backup, delta=args.delta, roles=args.roles,
+        validate_now=args.dry_run)
     printer = ProgressPrinter(quiet=args.json)
     cancel = threading.Event()
     flow = RestoreFlow(cfg, printer, cancel)

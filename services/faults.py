@@ -4,7 +4,7 @@ SIGINT or SIGKILL to a running restore.
 With ``DCB_TEST_HOLD=<point>:<file>`` in the environment, a run reaching ``<point>`` creates
 ``<file>`` and waits while it exists (or until the run is cancelled). Without the variable a
 hold point costs one dictionary lookup. Points: ``validate``, ``undo-point``, ``volume``,
-``database``, ``verify``.
+``database``, ``swap``, ``verify``.
 """
 
 from __future__ import annotations

@@ -69,10 +69,12 @@ from dcb.services.restore_steps import (
     RestoreRun,
     RolesStep,
     SafetySetStep,
+    StageVolumeStep,
     StartPostgresStep,
     Step,
     StopPostgresStep,
     StopStep,
+    SwapStep,
     UndoPointStep,
     VerifyStep,
     VolumeStep,
@@ -123,8 +125,14 @@ class RestoreFlow:
         dbs, vols, glob = self._select(s, request)
         stops_pg = any(a.name == self.target.postgres_data_volume for a in vols)
         pg_state = self._require_postgres(bool(dbs), stops_pg)
-        checks, listings, digests = self._validate(s, dbs, vols, glob,
-                                                   pg_running=pg_state == "running")
+        undo = self._undo_mode(request, vols)
+        # Staged: every volume extracted into its undo volume and every database restored
+        # into a temporary one while the stack runs; then one swap (renames). Reading the
+        # archives through then happens there, before anything live changes.
+        staged = undo == "move" and not stops_pg and not request.delta
+        checks, listings, digests = self._validate(
+            s, dbs, vols, glob, pg_running=pg_state == "running",
+            defer=staged and not request.validate_now)
 
         notes = []
         if s.legacy:
@@ -136,7 +144,6 @@ class RestoreFlow:
                   for n in missing]
         starts_pg = bool(dbs) and not stops_pg and not self.target.sandbox and \
             pg_state == "stopped"
-        undo = self._undo_mode(request, vols)
         if request.safety_backup and undo == "safety" and not self.target.sandbox:
             notes.append("the replaced volumes cannot be moved aside here (" + self._why_safety(
                 request, vols) + "): a safety set is taken instead")
@@ -146,7 +153,7 @@ class RestoreFlow:
                            digests=digests,
                            notes=tuple(notes), delta=request.delta, roles=request.roles,
                            starts_postgres=starts_pg, checks=tuple(checks),
-                           missing_containers=missing)
+                           missing_containers=missing, staged=staged)
         return replace(plan, steps=self._steps(plan))
 
     def replan(self, plan: RestorePlan, safety_backup: bool) -> RestorePlan:
@@ -158,7 +165,7 @@ class RestoreFlow:
         else:
             undo = self._undo_mode(RestoreRequest(plan.set.id, delta=plan.delta,
                                                   target_db=plan.target_db), plan.volumes)
-        new = replace(plan, undo=undo)
+        new = replace(plan, undo=undo, staged=plan.staged and undo == "move")
         return replace(new, steps=self._steps(new))
 
     def _require_postgres(self, databases: bool, stops_pg: bool) -> str:
@@ -220,7 +227,7 @@ class RestoreFlow:
 
     # -- validation -------------------------------------------------------------------------------
     def _validate(self, s: BackupSet, dbs: tuple[Artifact, ...], vols: tuple[Artifact, ...],
-                  glob: Artifact | None, pg_running: bool
+                  glob: Artifact | None, pg_running: bool, defer: bool = False
                   ) -> tuple[list[Check], dict[str, Listing], dict[str, str]]:
         """Every selected artifact read once: its checksum and, in the same pass, its content
         (each tar member checked, each dump read through). Two at a time: the volumes' tar
@@ -236,7 +243,8 @@ class RestoreFlow:
 
         def one(i: int, a: Artifact) -> None:
             try:
-                check, listing, digest = self._validate_artifact(s, a, pg_running)
+                check, listing, digest = self._validate_artifact(
+                    s, a, pg_running, defer=defer and a.kind != "globals")
             except Cancelled:
                 raise
             except DcbError as e:
@@ -266,8 +274,8 @@ class RestoreFlow:
         self.report(StageFinished("validate", total, time.monotonic() - t0))
         return head + ordered, listings, digests
 
-    def _validate_artifact(self, s: BackupSet, a: Artifact, pg_running: bool
-                           ) -> tuple[Check, Listing | None, str]:
+    def _validate_artifact(self, s: BackupSet, a: Artifact, pg_running: bool,
+                           defer: bool = False) -> tuple[Check, Listing | None, str]:
         path = s.path / a.file
         try:
             size = path.stat().st_size
@@ -279,7 +287,10 @@ class RestoreFlow:
         meter = ByteMeter(f"validate {a.file}", self.report, a.size_bytes)
         with _HashingReader(path, meter, self.cancel) as raw:
             try:
-                check, listing = self._validate_content(a, raw, pg_running)
+                if defer:
+                    check, listing = _deferred(a, pg_running), None
+                else:
+                    check, listing = self._validate_content(a, raw, pg_running)
             except Cancelled:
                 raise
             except (DcbError, OSError, EOFError, zstandard.ZstdError) as e:
@@ -399,6 +410,8 @@ class RestoreFlow:
         elif plan.undo == "safety":
             steps.append(SafetySetStep("safety", "safety snapshot of what will be replaced",
                                        sum(est(a) for a in (*plan.databases, *plan.volumes)) / 2))
+        if plan.staged:
+            return tuple(steps + self._staged_steps(plan, est))
         if plan.stop_containers:
             steps.append(StopStep("stop", "stop " + ", ".join(plan.stop_containers), 10))
         if plan.stops_postgres:
@@ -425,6 +438,38 @@ class RestoreFlow:
         steps.append(VerifyStep("verify", "verify row counts, properties and file lists", 5,
                                 joins=True))
         return tuple(steps)
+
+    def _staged_steps(self, plan: RestorePlan, est: Callable[[Artifact], float]
+                      ) -> list[Step]:
+        """Stage everything while the stack runs (the volumes in the second lane, the
+        databases in the first), then stop the apps, swap, start them again, verify."""
+        steps: list[Step] = [
+            StageVolumeStep(f"volume:{a.name}", f"stage volume {a.name} (read through, "
+                            "extracted aside; nothing live changes)", est(a), lane="volumes",
+                            name=a.name) for a in plan.volumes]
+        if plan.databases:
+            steps.append(PostgresReadyStep("postgres", "check that PostgreSQL answers", 1))
+        if plan.globals:
+            steps.append(RolesStep("roles", "restore roles" + (" (reset existing ones)"
+                                                               if plan.roles else
+                                                               " (create missing ones)"), 1))
+        for a in plan.databases:
+            name = plan.target_db or a.name
+            steps.append(DatabaseStep(f"database:{a.name}", f"restore database {a.name} into "
+                                      "a temporary database", est(a), name=a.name,
+                                      target=name, swap=False))
+        if plan.stop_containers:
+            steps.append(StopStep("stop", "stop " + ", ".join(plan.stop_containers), 10,
+                                  joins=True))
+        what = [f"volume {a.name}" for a in plan.volumes] + \
+               [f"database {plan.target_db or a.name}" for a in plan.databases]
+        steps.append(SwapStep("swap", "swap in " + ", ".join(what) + " (renames)", 1,
+                              joins=True))
+        if plan.stop_containers:
+            steps.append(RestartStep("restart", "start " + ", ".join(plan.stop_containers), 10))
+        steps.append(VerifyStep("verify", "verify row counts, properties and file lists", 5,
+                                joins=True))
+        return steps
 
     # -- preflight (still nothing changed) ------------------------------------------------------
     def preflight(self, plan: RestorePlan) -> list[str]:
@@ -571,6 +616,16 @@ def compare_tree(root: Path, listing: Listing) -> list[str]:
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
     diffs += [f"{p}: missing" for p in expected if p not in seen]
     return diffs
+
+
+def _deferred(a: Artifact, pg_running: bool) -> Check:
+    """A staged restore reads the content when it stages it, before anything live changes."""
+    if a.kind == "volume":
+        return Check(f"volume {a.name}", None, "checksum matches; read through member by "
+                     "member while it is staged, before anything live changes")
+    down = "PostgreSQL is not running now; " if not pg_running else ""
+    return Check(f"database {a.name}", None, f"{down}checksum matches; read through by "
+                 "pg_restore into a temporary database, before anything live changes")
 
 
 class _HashingReader:

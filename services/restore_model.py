@@ -62,6 +62,9 @@ class RestoreRequest:
     """Keep volume files that pass rsync's quick check instead of rewriting everything."""
     roles: bool = False
     """``--roles``: reset existing roles to the backup's (missing roles are always created)."""
+    validate_now: bool = True
+    """Read every archive and dump through now. False (a confirmed CLI restore): a staged
+    restore reads them as it stages them, before anything live changes, instead of twice."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class RestorePlan:
     checks: tuple[Check, ...] = ()
     missing_containers: tuple[str, ...] = ()
     """App containers that do not exist: nothing to stop or start."""
+    staged: bool = False
+    """Volumes extracted into their undo volumes and databases into temporary ones while the
+    stack runs, then swapped in by renames: the app is down for seconds."""
 
     @property
     def confirm_token(self) -> str:
@@ -124,7 +130,8 @@ class RestorePlan:
             "starts_postgres": self.starts_postgres,
             "missing_containers": list(self.missing_containers),
             "estimate_seconds": round(self.estimate_seconds, 1), "notes": list(self.notes),
-            "delta": self.delta, "checks": [c.to_json() for c in self.checks],
+            "delta": self.delta, "staged": self.staged,
+            "checks": [c.to_json() for c in self.checks],
             "steps": [s.to_json() for s in self.steps],
         }
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -39,9 +40,17 @@ from dcb.services.pg_objects import (
 )
 from dcb.services.progress import ByteMeter, LogLine, StageFailed, StageFinished, StageStarted
 from dcb.services.restore_model import RESTORES_DIR, RestoreError, RestoreReport, StepRecord
-from dcb.services.safe_tar import clear_directory, extract_archive, remove_extraneous
+from dcb.services.safe_tar import (
+    Listing,
+    clear_directory,
+    extract_archive,
+    remove_extraneous,
+    validate_archive,
+)
 from dcb.services.store import Artifact
 from dcb.services.undo import (
+    REPLACED,
+    STAGED,
     DbItem,
     UndoPoint,
     UndoStore,
@@ -143,7 +152,7 @@ class UndoPointStep(Step):
         run.point = point
         run.save_point()
         for item in point.volumes:
-            if item.existed:
+            if item.existed or plan.staged:
                 create_undo_volume(run.gw, point, item)
                 run.save_point()
                 faults.hold("undo-point", run.cancel)
@@ -244,6 +253,9 @@ class VolumeStep(Step):
         # PostgreSQL's data dir is always rewritten whole: its files change in place.
         delta = run.plan.delta and a.name != run.target.postgres_data_volume
         item = run.point_volume(a.name)
+        validated = run.plan.listings.get(a.name)
+        if validated is None and not delta:
+            validated, _ = read_through(run, a)  # never empty a volume for an unread archive
         run.touched.add(self.key)
         if item is not None and item.existed and item.undo_volume is not None:
             move_aside(gw, item)
@@ -251,7 +263,6 @@ class VolumeStep(Step):
         elif not delta:
             clear_directory(dest)
         meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
-        validated = run.plan.listings.get(a.name)
         how = ""
         if validated is not None and not delta and gnu_tar() is not None and \
                 not any(os.scandir(dest)):
@@ -277,6 +288,134 @@ class VolumeStep(Step):
         run.volume_diffs[a.name] = compare_tree(dest, listing)
         kept = "; previous contents kept in the undo point" if item and item.moved else ""
         return f"{len(listing.entries)} entries{how}{kept}"
+
+
+def read_through(run: RestoreRun, a: Artifact) -> tuple[Listing, str]:
+    """Validate a volume archive member by member now (its checksum too); its listing and
+    SHA-256."""
+    from dcb.services.restore import _decompressed, _HashingReader
+
+    meter = ByteMeter(f"read {a.file}", run.events, a.size_bytes)
+    with _HashingReader(run.plan.set.path / a.file, meter, run.cancel) as raw:
+        listing = validate_archive(_decompressed(raw, a.compression))
+        raw.drain()
+    if a.sha256 is not None and raw.hexdigest() != a.sha256:
+        raise RestoreError(f"{a.file}: checksum mismatch (corrupted)",
+                           hint="nothing live was changed")
+    return listing, raw.hexdigest()
+
+
+@dataclass(frozen=True)
+class StageVolumeStep(Step):
+    """Read the archive through (every member checked) and extract it into the undo volume,
+    beside the live directory, while the stack runs. Nothing live changes."""
+
+    name: str = ""
+
+    def run(self, run: RestoreRun) -> str:
+        a = run.artifact("volume", self.name)
+        item = run.point_volume(a.name)
+        if item is None or item.undo_volume is None:
+            raise RestoreError(f"volume {a.name}: no undo volume to stage it in")
+        gw = run.gw
+        undo_root = Path(gw.volume(item.undo_volume).mountpoint)
+        if not mountpoint_usable(str(undo_root)):
+            raise RestoreError(f"volume {item.undo_volume}: cannot write its mountpoint "
+                               f"{undo_root}", hint="run dcb as root on the Docker host")
+        staged = undo_root / STAGED
+        if staged.exists():
+            shutil.rmtree(staged)
+        os.mkdir(staged, 0o700)
+        like = Path(gw.volume(item.docker_volume).mountpoint) if item.existed else None
+        st = os.lstat(like) if like is not None and like.exists() else None
+        if st is not None:
+            os.chown(staged, st.st_uid, st.st_gid)
+        os.chmod(staged, stat.S_IMODE(st.st_mode) if st is not None else 0o755)
+        listing = run.plan.listings.get(a.name)
+        digest = a.sha256 or run.plan.digests.get(a.name)
+        if listing is None:
+            listing, digest = read_through(run, a)
+        meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
+        how = ""
+        if gnu_tar() is not None:
+            extract_validated(run.plan.set.path / a.file, a.compression, staged,
+                              sha256=digest, meter=meter, stopping=run.stopping,
+                              after_first_chunk=lambda: faults.hold("volume", run.cancel))
+            how = ", GNU tar"
+        else:
+            with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+                extract_archive(
+                    _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
+                    staged, expected=listing)
+        meter.flush()
+        from dcb.services.restore import compare_tree
+
+        diffs = compare_tree(staged, listing)
+        if diffs:
+            raise RestoreError(f"volume {a.name}: the extracted tree differs from the archive: "
+                               + "; ".join(diffs[:3]), hint="nothing live was changed")
+        run.volume_diffs[a.name] = diffs
+        return f"{len(listing.entries)} entries{how}"
+
+
+@dataclass(frozen=True)
+class SwapStep(Step):
+    """The apps are stopped: the staged volumes and databases take the live ones' places by
+    renaming; the live ones go into the undo point."""
+
+    changes_data: ClassVar[bool] = True
+
+    def run(self, run: RestoreRun) -> str:
+        point = run.point
+        assert point is not None
+        gw = run.gw
+        run.touched.add(self.key)
+        for item in point.volumes:
+            assert item.undo_volume is not None
+            undo_root = Path(gw.volume(item.undo_volume).mountpoint)
+            try:
+                live = Path(gw.volume(item.docker_volume).mountpoint)
+            except NotFound:
+                gw.client.volumes.create(item.docker_volume,
+                                         labels=run.compose_volume_labels(item.docker_volume))
+                run.events(LogLine(f"created missing volume {item.docker_volume}"))
+                live = Path(gw.volume(item.docker_volume).mountpoint)
+            if item.existed:
+                os.rename(live, undo_root / REPLACED)
+                item.moved = True
+            elif live.exists():
+                os.rmdir(live)  # the new volume's empty directory
+            run.save_point()
+            os.rename(undo_root / STAGED, live)
+            run.swapped.add(f"volume:{item.name}")
+            faults.hold("swap", run.cancel)
+        if run.staged_dbs:
+            self._databases(run)
+        return ""
+
+    def _databases(self, run: RestoreRun) -> None:
+        pg = run.pg
+        names = pg.database_names()
+        script: list[str] = []
+        kept = []
+        for target, tmp in run.staged_dbs.items():
+            item = run.point_database(target)
+            if target in names and item is not None:
+                if item.undo_name in names:
+                    script.append(f"DROP DATABASE {ident(item.undo_name)} WITH (FORCE);")
+                script += rename_sql(pg, target, item.undo_name)
+                kept.append(item)
+            script.append(f"ALTER DATABASE {ident(tmp)} RENAME TO {ident(target)};")
+        try:
+            pg.run_script("\n".join(script) + "\n", what="swapping in the databases")
+        finally:
+            now = pg.database_names()
+            for item in kept:
+                item.swapped = item.name in now and item.undo_name in now
+            for target, tmp in run.staged_dbs.items():
+                if tmp not in now and target in now:
+                    run.swapped.add(f"database:{target}")
+            run.save_point()
 
 
 @dataclass(frozen=True)
@@ -307,7 +446,9 @@ class RolesStep(Step):
         g = parse_globals(sql)
         existing = run.pg.role_names()
         script, created = roles_script(g, existing, reset_existing=run.plan.roles)
-        run.touched.add(self.key)
+        if created or run.plan.roles:
+            # Roles are added (or reset) before the databases are read: a change of its own.
+            run.touched.add(self.key)
         run.pg.run_script(script, what="restoring roles")
         kept = len([r for r in g.roles if r in existing])
         parts = [f"created {', '.join(created)}" if created else "no role missing"]
@@ -324,6 +465,8 @@ class DatabaseStep(Step):
     """The database in the set."""
     target: str = ""
     """The database it becomes (``--as``)."""
+    swap: bool = True
+    """False in a staged restore: left in its temporary database for the swap step."""
     changes_data: ClassVar[bool] = True
 
     def run(self, run: RestoreRun) -> str:
@@ -363,9 +506,13 @@ class DatabaseStep(Step):
                 with contextlib.suppress(OSError):
                     os.unlink(staged[0])
         meter.flush()
+        run.expected_props[self.target] = props.renamed(self.target) if props else None
+        if not self.swap:
+            run.staged_dbs[self.target] = tmp
+            return f"{meter.done} bytes replayed into {tmp}"
         run.touched.add(self.key)
         self._swap(run, tmp)
-        run.expected_props[self.target] = props.renamed(self.target) if props else None
+        run.swapped.add(f"database:{self.target}")
         return f"{meter.done} bytes replayed"
 
     def _properties(self, run: RestoreRun, a: Artifact, staged: tuple[str, str] | None,
@@ -531,6 +678,10 @@ class RestoreRun:
         self.volume_diffs: dict[str, list[str]] = {}
         self.expected_props: dict[str, DatabaseProperties | None] = {}
         self.props_from_live: set[str] = set()
+        self.staged_dbs: dict[str, str] = {}
+        """Target database -> its temporary database, waiting for the swap."""
+        self.swapped: set[str] = set()
+        """``volume:NAME`` / ``database:NAME`` now live from the set."""
         self.touched: set[str] = set()
         """Keys of steps that changed data (a failure after one leaves something to undo)."""
         self.done: set[str] = set()
@@ -754,12 +905,16 @@ class RestoreRun:
                 self.gw.client.containers.get(self.target.postgres_container).start()
                 if not self.target.sandbox:
                     self.flow.ledger.clear([self.target.postgres_container])
+        for target, tmp in self.staged_dbs.items():
+            if f"database:{target}" not in self.swapped:
+                with contextlib.suppress(Exception):
+                    self.pg.query(f"DROP DATABASE IF EXISTS {ident(tmp)} WITH (FORCE)")
         if self.stopped:
             with contextlib.suppress(Exception):
                 self.restart(self.stopped)
         p = self.point
         if p is not None:
-            if not self.touched:
+            if not self.touched - {"roles"}:
                 from dcb.services.undo_flow import release_now
 
                 with contextlib.suppress(Exception):
@@ -775,12 +930,13 @@ class RestoreRun:
 
     def _describe_state(self) -> list[str]:
         plan = self.plan
-        if not self.touched:
-            return [NOTHING_CHANGED]
+        if not self.touched - {"roles"}:
+            return [NOTHING_CHANGED] if not self.touched else \
+                ["roles: created or reset; databases and volumes unchanged"]
         state = []
         for a in plan.volumes:
             key = f"volume:{a.name}"
-            if key in self.done:
+            if key in self.swapped or (key in self.done and not plan.staged):
                 what = f"restored from {plan.set.id}"
             elif key in self.touched:
                 item = self.point_volume(a.name)
@@ -791,7 +947,7 @@ class RestoreRun:
             state.append(f"volume {a.name}: {what}")
         for a in plan.databases:
             name = plan.target_db or a.name
-            done = f"database:{a.name}" in self.done
+            done = f"database:{name}" in self.swapped
             state.append(f"database {name}: " + (f"restored from {plan.set.id}" if done
                                                  else "unchanged (old data in place)"))
         return state

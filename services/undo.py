@@ -54,6 +54,8 @@ LABEL = "dcb.undo"
 LABEL_OF = "dcb.undo.of"
 """Label of undo volumes: the volume whose contents they hold."""
 REPLACED = "replaced"
+STAGED = "staged"
+"""Where a staged restore extracts the archive before the swap."""
 DISCARDED = "discarded"
 RESTORE_ID_RE = re.compile(r"^restore-\d{8}T\d{6}Z(-\d+)?$")
 
@@ -218,8 +220,9 @@ def create_undo_volume(gw: DockerGateway, point: UndoPoint, item: VolumeItem) ->
     except docker.errors.APIError as e:
         raise UndoError(f"cannot create the undo volume {name}: {e.explanation or e}") from None
     item.undo_volume = name
-    src = gw.volume(item.docker_volume).mountpoint
     dst = gw.volume(name).mountpoint
+    # An absent volume is created later beside this one: the same filesystem by construction.
+    src = gw.volume(item.docker_volume).mountpoint if item.existed else dst
     if not same_filesystem(src, dst):
         remove_volume(gw, name)
         item.undo_volume = None

@@ -316,7 +316,7 @@ def test_broken_dump_leaves_the_old_database_and_restarts_apps(stack: TestStack,
     r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(cfg))
     assert r.code == 1
     assert "old database is untouched" in r.out + r.err
-    assert "functions_db: unchanged" in r.out
+    assert "state: nothing was changed" in r.out
     assert stack.table_digest("functions_db") == before
     names = stack.psql("postgres", "SELECT datname FROM pg_database").split()
     assert not [n for n in names if "__dcb" in n]  # no temporary database left behind

@@ -1,8 +1,9 @@
 """``dcb restore`` interrupted at each step, by Ctrl-C (SIGINT) and by SIGKILL, on the real stack.
 
 A hold point (services/faults.py, ``DCB_TEST_HOLD``) parks the restore at a known place:
-validation, the undo point, mid-volume, mid-database (the new database complete, not swapped
-in), before verification. Then the signal. What a user checks afterwards: the exit code (130
+validation, the undo point, mid-volume (being extracted aside), mid-database (the new database
+complete, not swapped in), before verification, and (SIGKILL) between the swap's renames.
+Then the signal. What a user checks afterwards: the exit code (130
 for Ctrl-C), the incident log's last step, the app container running again (by the run
 itself after Ctrl-C, by the next dcb run after SIGKILL), no staged dump left in PostgreSQL's
 data volume, and ``dcb undo`` bringing back exactly the state before the restore.
@@ -28,7 +29,13 @@ from tests.stackkit import TestStack, release_undo_points
 
 DCB = Path(sys.executable).parent / "dcb"
 POINTS = ["validate", "undo-point", "volume", "database", "verify"]
-CHANGES_NOTHING = {"validate", "undo-point"}
+# The restore stages the volume and the database while the stack runs: until the swap,
+# nothing live has changed.
+CHANGES_NOTHING = {"validate", "undo-point", "volume", "database"}
+CASES = [pytest.param(p, s, id=f"{p}-{n}") for p in POINTS
+         for s, n in ((signal.SIGINT, "ctrl-c"), (signal.SIGKILL, "kill-9"))]
+# The app is down only between the stop and the restart: kill -9 in the middle of the swap.
+CASES.append(pytest.param("swap", signal.SIGKILL, id="swap-kill-9"))
 
 
 def state(stack: TestStack) -> dict[str, Any]:
@@ -78,8 +85,7 @@ def backend_status(stack: TestStack) -> str:
     return str(stack.client.containers.get(stack.backend_container).status)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize(("point", "sig"), CASES)
 def test_restore_interrupted(stack: TestStack, damaged: tuple[Path, str, dict[str, Any]],
                              tmp_path: Path, point: str, sig: signal.Signals) -> None:
     cfg, set_id, before = damaged
@@ -128,14 +134,16 @@ def test_restore_interrupted(stack: TestStack, damaged: tuple[Path, str, dict[st
     rid, log = found
     steps = log["report"]["steps"]
     want = {"undo-point": "undo-point", "volume": f"volume:{stack.functions_volume}",
-            "database": "database:functions_db", "verify": "verify"}[point]
+            "database": "database:functions_db", "verify": "verify", "swap": "swap"}[point]
     held = next(s for s in steps if s["key"] == want)
     if sig == signal.SIGKILL:
         # The incident log was written as the run went: it shows the step it died in.
         assert log["report"]["finished"] is False
         assert want in [s["key"] for s in steps if s["outcome"] == "running"]
-        if point in ("volume", "database"):
+        if point == "swap":
             assert backend_status(stack) != "running"  # stopped, and nobody started it
+        else:
+            assert backend_status(stack) == "running"
     else:
         assert log["report"]["cancelled"] is True and log["report"]["finished"] is True
         # Stopped at the next safe point: inside the step, or right after it.
@@ -151,9 +159,11 @@ def test_restore_interrupted(stack: TestStack, damaged: tuple[Path, str, dict[st
     assert u.code == 0, u.err + u.out
     if sig == signal.SIGINT and point in CHANGES_NOTHING:
         assert "nothing to undo" in u.out
+    if point in CHANGES_NOTHING and point != "validate":
+        assert "previous" not in u.out  # nothing had been swapped: nothing to put back
     if sig == signal.SIGKILL:
         assert "was interrupted" in u.err
-        if point in ("volume", "database"):
+        if point == "swap":
             assert f"left {stack.backend_container} stopped" in u.err
     assert backend_status(stack) == "running"
     assert staged_dumps(stack) == []
