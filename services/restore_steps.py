@@ -45,7 +45,6 @@ from dcb.services.safe_tar import (
     clear_directory,
     extract_archive,
     remove_extraneous,
-    validate_archive,
 )
 from dcb.services.store import Artifact
 from dcb.services.undo import (
@@ -291,18 +290,18 @@ class VolumeStep(Step):
 
 
 def read_through(run: RestoreRun, a: Artifact) -> tuple[Listing, str]:
-    """Validate a volume archive member by member now (its checksum too); its listing and
-    SHA-256."""
-    from dcb.services.restore import _decompressed, _HashingReader
-
-    meter = ByteMeter(f"read {a.file}", run.events, a.size_bytes)
-    with _HashingReader(run.plan.set.path / a.file, meter, run.cancel) as raw:
-        listing = validate_archive(_decompressed(raw, a.compression))
-        raw.drain()
-    if a.sha256 is not None and raw.hexdigest() != a.sha256:
-        raise RestoreError(f"{a.file}: checksum mismatch (corrupted)",
-                           hint="nothing live was changed")
-    return listing, raw.hexdigest()
+    """Validate a volume archive member by member now, its checksum in the same read; its
+    listing and SHA-256."""
+    try:
+        _check, listing, digest = run.flow._validate_artifact(run.plan.set, a, True)
+    except DcbError as e:
+        if isinstance(e, Cancelled):
+            raise
+        raise RestoreError(f"set {run.plan.set.id} failed validation: {a.file}: {e.message}",
+                           hint="nothing live was changed; pick another set (`dcb list`)"
+                           ) from None
+    assert listing is not None
+    return listing, digest
 
 
 @dataclass(frozen=True)
@@ -509,6 +508,8 @@ class DatabaseStep(Step):
         run.expected_props[self.target] = props.renamed(self.target) if props else None
         if not self.swap:
             run.staged_dbs[self.target] = tmp
+            # Checked now, concurrently with the volumes; the swap only renames it.
+            run.db_checks[self.target] = check_database(run, a, tmp)
             return f"{meter.done} bytes replayed into {tmp}"
         run.touched.add(self.key)
         self._swap(run, tmp)
@@ -602,6 +603,38 @@ class RestartStep(Step):
         return ""
 
 
+def check_database(run: RestoreRun, a: Artifact, db: str
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """Compare database ``db`` with the backup: (what was checked, differences, what was
+    not checked and why)."""
+    plan = run.plan
+    target = plan.target_db or a.name
+    checked: list[str] = []
+    diffs: list[str] = []
+    unchecked: list[str] = []
+    expected = a.source.get("row_counts")
+    if expected is None:
+        unchecked.append("row counts: none recorded" + (" (legacy set)"
+                                                        if plan.set.legacy else ""))
+    else:
+        actual = run.pg.row_counts(db)
+        diffs += [f"{t}: {actual.get(t)} rows, backup had {n}"
+                  for t, n in expected.items() if actual.get(t) != n]
+        diffs += [f"{t}: not in the backup" for t in actual if t not in expected]
+        checked.append("row counts")
+    props = run.expected_props.get(target)
+    if props is None:
+        unchecked.append("properties: the dump records none (plain format)")
+    else:
+        live = database_properties(run.pg.live_properties_sql(db), db)
+        diffs += props.renamed(db).differences(live)
+        checked.append("properties")
+        if target in run.props_from_live:
+            unchecked.append("properties: a plain dump records none; those of the "
+                             "database it replaced were kept")
+    return checked, diffs, unchecked
+
+
 @dataclass(frozen=True)
 class VerifyStep(Step):
     def run(self, run: RestoreRun) -> str:
@@ -609,32 +642,14 @@ class VerifyStep(Step):
         if run.stopping():
             raise Cancelled("restore cancelled")
         plan, report = run.plan, run.report
+        names = run.pg.database_names() if plan.databases else set()
         for a in plan.databases:
             name = plan.target_db or a.name
             key = f"database {name}"
-            checked: list[str] = []
-            diffs: list[str] = []
-            unchecked: list[str] = []
-            expected = a.source.get("row_counts")
-            if expected is None:
-                unchecked.append("row counts: none recorded" + (" (legacy set)"
-                                                                if plan.set.legacy else ""))
-            else:
-                actual = run.pg.row_counts(name)
-                diffs += [f"{t}: {actual.get(t)} rows, backup had {n}"
-                          for t, n in expected.items() if actual.get(t) != n]
-                diffs += [f"{t}: not in the backup" for t in actual if t not in expected]
-                checked.append("row counts")
-            props = run.expected_props.get(name)
-            if props is None:
-                unchecked.append("properties: the dump records none (plain format)")
-            else:
-                live = database_properties(run.pg.live_properties_sql(name), name)
-                diffs += props.differences(live)
-                checked.append("properties")
-                if name in run.props_from_live:
-                    unchecked.append("properties: a plain dump records none; those of the "
-                                     "database it replaced were kept")
+            if name not in names:
+                raise RestoreError(f"database {name} is missing after the restore")
+            # A staged database was checked in its temporary database (the swap renamed it).
+            checked, diffs, unchecked = run.db_checks.get(name) or check_database(run, a, name)
             if checked:
                 report.verification[key] = diffs
                 report.checked[key] = checked
@@ -680,6 +695,8 @@ class RestoreRun:
         self.props_from_live: set[str] = set()
         self.staged_dbs: dict[str, str] = {}
         """Target database -> its temporary database, waiting for the swap."""
+        self.db_checks: dict[str, tuple[list[str], list[str], list[str]]] = {}
+        """Staged databases, verified in their temporary databases."""
         self.swapped: set[str] = set()
         """``volume:NAME`` / ``database:NAME`` now live from the set."""
         self.touched: set[str] = set()
