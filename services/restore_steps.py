@@ -12,7 +12,6 @@ a run killed with SIGKILL still shows where it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import stat
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dcb.services import faults
-from dcb.services.artifacts import CHUNK, atomic_write_bytes, open_decompressed
+from dcb.services.artifacts import CHUNK, open_decompressed
 from dcb.services.backup import BackupRequest, BackupRun, append_history
 from dcb.services.errors import Cancelled, DcbError, NotFound
 from dcb.services.host_extract import extract_validated, gnu_tar
@@ -60,6 +59,7 @@ from dcb.services.undo import (
     now_iso,
     rename_sql,
     undo_db_name,
+    write_json,
 )
 from dcb.services.volumes import mountpoint_usable
 
@@ -735,10 +735,10 @@ class RestoreRun:
             return None
         return next((d for d in self.point.databases if d.name == name), None)
 
-    def save_point(self) -> None:
+    def save_point(self, durable: bool = False) -> None:
         if self.point is not None:
             with self._lock:
-                self.undo_store.save(self.point)
+                self.undo_store.save(self.point, durable)
 
     def compose_volume_labels(self, volume: str) -> dict[str, str]:
         """A recreated volume carries Compose's labels when the stack is a Compose project, so
@@ -840,6 +840,9 @@ class RestoreRun:
         finally:
             self.report.seconds = round(time.monotonic() - t_start, 3)
             self.report.finished = True
+            with contextlib.suppress(DcbError, OSError):
+                if self.point is not None and self.point.state != "released":
+                    self.save_point(durable=True)
             self.write_incident(final=True)
         return self.report
 
@@ -977,7 +980,7 @@ class RestoreRun:
             d.mkdir(mode=0o700, exist_ok=True)
             data = {"plan": self.plan.to_json(), "report": self.report.to_json(),
                     "sandbox": self.target.sandbox}
-            atomic_write_bytes(d / f"{self.rid}.json", json.dumps(data, indent=2).encode())
+            write_json(d / f"{self.rid}.json", data, durable=final)
             if not final or self.target.sandbox:
                 return  # the drill records itself, with its measured RTO
             raw = sum(int(a.source.get("raw_bytes") or 0)

@@ -185,10 +185,12 @@ class UndoStore:
         except (OSError, ValueError, TypeError) as e:
             raise UndoError(f"{path}: unreadable undo point: {e}") from None
 
-    def save(self, point: UndoPoint) -> None:
+    def save(self, point: UndoPoint, durable: bool = True) -> None:
+        """Write the record atomically; ``durable=False`` skips the fsyncs (a record written
+        while a restore moves gigabytes would wait behind their writeback; a killed process
+        loses nothing, and recovery goes by what exists on disk)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write_bytes(self.path(point.restore_id),
-                           json.dumps(point.to_json(), indent=2).encode())
+        write_json(self.path(point.restore_id), point.to_json(), durable)
 
     def list(self) -> list[UndoPoint]:
         """Every recorded point, newest first (unreadable records are skipped)."""
@@ -199,6 +201,24 @@ class UndoStore:
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
                 out.append(UndoPoint.from_json(json.loads(p.read_text())))
         return out
+
+
+def write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Temp file and rename; with ``durable``, fsynced (services/artifacts.py)."""
+    payload = json.dumps(data, indent=2).encode()
+    if durable:
+        atomic_write_bytes(path, payload)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UndoError(f"cannot write {path}: {e.strerror}") from None
 
 
 def now_iso() -> str:
