@@ -12,6 +12,8 @@ from dcb.cli.commands import AddCommand
 from dcb.cli.render import print_json, table
 from dcb.services import formatting as fmt
 from dcb.services.config import Config
+from dcb.services.docker_df import KIND_WORDS, DockerReport, collect_report
+from dcb.services.docker_gateway import DockerGateway
 from dcb.services.du import DuNode, ScanProgress, bar, display_name, percent, scan, sorted_children
 from dcb.services.du import to_json as du_json
 from dcb.services.errors import UsageError
@@ -33,12 +35,22 @@ def register(add: AddCommand) -> None:
             "tree to the same --depth (default 1; 0 is the totals alone); every entry has "
             "name, path, type, size_bytes, apparent_bytes, file_count, dir_count, error, "
             "and directories within the depth have children, largest first.\n\n"
+            "--docker reports what Docker keeps on disk instead, like `docker system df -v`: "
+            "per kind (images, containers' writable layers, volumes, build cache, container "
+            "logs) the count, size and what is reclaimable, then every item largest first "
+            "(images by unique size) with its state and whether the configured stack needs "
+            "it or dcb backs it up. Log sizes need dcb to run as root beside the engine "
+            "(else: unknown). --json prints kinds and items (every field) for scripts.\n\n"
             "examples:\n  dcb du\n  dcb du /var/lib/docker/volumes --depth 2\n"
-            "  dcb du --json --depth 3 | jq '.children[0]'")
+            "  dcb du --json --depth 3 | jq '.children[0]'\n"
+            "  dcb du --docker\n"
+            "  dcb du --docker --json | jq '.items[] | select(.offer) | .name'")
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="directory to scan (default: the configured backup dir)")
     p.add_argument("--json", action="store_true", help="print the tree as JSON")
-    p.add_argument("--depth", type=_depth, default=1, metavar="N",
+    p.add_argument("--docker", action="store_true",
+                   help="Docker's disk usage by kind and item instead of a directory")
+    p.add_argument("--depth", type=_depth, default=None, metavar="N",
                    help="levels to list (default 1; 0: totals only)")
     p.add_argument("--all", action="store_true",
                    help=f"list every entry (default: the {TOP} largest of each directory)")
@@ -84,6 +96,10 @@ class _LiveLine:
 
 
 def cmd_du(args: argparse.Namespace, cfg: Config) -> int:
+    if args.docker:
+        return _docker(args, cfg)
+    if args.depth is None:
+        args.depth = 1
     if args.path == "":
         raise UsageError("PATH must not be empty")
     path = Path(args.path).expanduser() if args.path else cfg.backup_dir
@@ -158,3 +174,61 @@ def _rows(node: DuNode, rows: list[list[str]], depth: int, limit: int | None, ap
         rest = sum(c.size(apparent) for c in hidden)
         rows.append([fmt.size(rest), "", percent(rest, total), "",
                      "  " * indent + f"... {len(hidden):,} more (--all lists them)"])
+
+
+def _docker(args: argparse.Namespace, cfg: Config) -> int:
+    for given, flag in ((args.path is not None, "PATH"), (args.depth is not None, "--depth"),
+                        (args.apparent, "--apparent")):
+        if given:
+            raise UsageError(f"--docker takes no {flag}: it reports Docker's disk usage")
+    gw = DockerGateway.connect(timeout=60)
+    try:
+        report = collect_report(cfg, gw)
+    finally:
+        gw.close()
+    if args.json:
+        print_json(report.to_json(), sys.stdout)
+    else:
+        print(docker_text(report, limit=None if args.all else TOP))
+    return 0
+
+
+def docker_text(report: DockerReport, limit: int | None = TOP) -> str:
+    """The kinds like ``docker system df``, then the items largest first."""
+    krows = [[k.label, f"{k.count:,}", f"{k.active:,}",
+              fmt.size(k.size_bytes) + (f" (+{k.unknown} unknown)" if k.unknown else ""),
+              f"{fmt.size(k.reclaimable_bytes)} ({percent(k.reclaimable_bytes, k.size_bytes)})"]
+             for k in report.kinds]
+    headers = ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    _right(krows, headers, (1, 2))
+    out = [table(krows, headers), ""]
+    items = report.items()
+    shown = items if limit is None else items[:limit]
+    irows = [[fmt.size(i.size_bytes) if i.size_bytes is not None else "unknown",
+              fmt.size(i.reclaimable_bytes) if i.reclaimable_bytes else "-",
+              KIND_WORDS[i.kind], i.name, i.note()] for i in shown]
+    if irows:
+        headers = ["SIZE", "RECLAIMABLE", "KIND", "NAME", "NOTES"]
+        _right(irows, headers, (0, 1))
+        out.append(table(irows, headers))
+    else:
+        out.append("(Docker keeps nothing on disk)")
+    if len(items) > len(shown):
+        rest = sum(i.size_bytes or 0 for i in items[len(shown):])
+        out.append(f"... {len(items) - len(shown):,} more, {fmt.size(rest)} (--all lists them)")
+    out += ["", f"total {fmt.size(report.total_bytes)}, reclaimable "
+                f"{fmt.size(report.reclaimable_bytes)}  (Docker root {report.docker_root})",
+            "images are ranked by unique size (shared layers count once, in the Images line); "
+            "\"stack\": the configured stack needs it; \"backup\": dcb backs it up; "
+            "dcb never deletes volumes"]
+    out += [f"note: {n}" for n in report.notes]
+    return "\n".join(out)
+
+
+def _right(rows: list[list[str]], headers: list[str], cols: tuple[int, ...]) -> None:
+    """Right-align the number columns ``cols`` (headers over them)."""
+    for col in cols:
+        width = max(len(headers[col]), *(len(r[col]) for r in rows)) if rows else 0
+        headers[col] = headers[col].rjust(width)
+        for r in rows:
+            r[col] = r[col].rjust(width)

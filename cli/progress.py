@@ -6,8 +6,10 @@ Otherwise (cron, CI, pipes): plain timestamped lines, with byte progress at most
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 from dcb.services import formatting as fmt
@@ -20,13 +22,27 @@ from dcb.services.progress import (
     StageStarted,
 )
 
+_quiet = False
+
+
+@contextlib.contextmanager
+def quiet_progress(quiet: bool = True) -> Iterator[None]:
+    """Every ``ProgressPrinter`` made meanwhile is quiet: ``-q`` for a command whose module
+    did not define it (cli/main.py adds it to every long command)."""
+    global _quiet
+    previous, _quiet = _quiet, _quiet or quiet
+    try:
+        yield
+    finally:
+        _quiet = previous
+
 
 class ProgressPrinter:
     def __init__(self, out: TextIO = sys.stderr, tty: bool | None = None,
                  quiet: bool = False) -> None:
         self.out = out
         self.tty = out.isatty() if tty is None else tty
-        self.quiet = quiet
+        self.quiet = quiet or _quiet
         self.active: dict[str, BytesProgress | None] = {}
         self._live = False
         self._last_plain = 0.0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from dcb.services import formatting as fmt
+from dcb.services.coverage import Coverage
 from dcb.services.status import StackStatus
 
 
@@ -54,6 +55,9 @@ def status_text(st: StackStatus) -> str:
     else:
         out.append(f"Backups     {b.count} sets; newest {b.newest_id} "
                    f"({fmt.age(b.newest_created_at, now)})")
+    if st.coverage is not None:
+        out.append(f"Coverage    {coverage_summary(st.coverage)}")
+    out += [f"WARNING     {w}" for w in st.warnings]
     if st.undo_points:
         out += ["", table([[u.restore_id, u.state, fmt.size(u.held_bytes), u.keeps,
                             u.expires_at[:16].replace("T", " ") if u.expires_at else "-",
@@ -61,3 +65,23 @@ def status_text(st: StackStatus) -> str:
                           ["UNDO POINT", "STATE", "HOLDS", "KEEPS", "RELEASED AFTER",
                            "COMMAND"])]
     return "\n".join(out)
+
+
+def coverage_summary(cov: Coverage) -> str:
+    """``2 databases, 2 volumes protected; 1 excluded; 1 unprotected``."""
+    def count(kind: str, state: str) -> int:
+        return sum(1 for i in cov.items if i.kind == kind and i.state == state)
+
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}{'' if k == 1 else 's'}"
+
+    dbs = n(count('database', 'protected'), 'database') if cov.databases else \
+        "databases not checked"
+    parts = [f"{dbs}, {n(count('volume', 'protected'), 'volume')} protected"]
+    for state in ("excluded", "unprotected", "missing"):
+        k = sum(1 for i in cov.items if i.state == state)
+        if k:
+            parts.append(f"{k} {state}")
+    if cov.writers:
+        parts.append(f"{len({w.volume for w in cov.writers})} may be inconsistent")
+    return "; ".join(parts)

@@ -14,17 +14,17 @@ from dcb.cli.progress import ProgressPrinter
 from dcb.cli.render import print_json, table
 from dcb.cli.signals import CancelOnSignals
 from dcb.services import formatting as fmt
-from dcb.services.backup import read_history
 from dcb.services.config import Config
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.restore import (
-    RESTORES_DIR,
     BlastRadius,
     RestoreFlow,
     RestorePlan,
     RestoreReport,
     RestoreRequest,
 )
+from dcb.services.state import state_for
+from dcb.services.store import BackupStore
 from dcb.services.undo import UndoPoint
 
 
@@ -66,6 +66,9 @@ def register(add: AddCommand) -> None:
                         "owner, mode) instead of rewriting every file: much faster when most "
                         "files are unchanged; a file altered without changing those is kept")
     p.add_argument("--json", action="store_true", help="print the plan/report as JSON")
+    p.add_argument("--from", dest="from_", metavar="NAME",
+                   help="fetch the set from this [replication] destination first (verified "
+                        "before use): recovery on a new host with an empty backup dir")
 
     p = add("drill", "restore a set into a throwaway sandbox, verify it, measure the RTO",
             cmd_drill,
@@ -168,6 +171,17 @@ def report_text(r: RestoreReport) -> str:
 
 
 def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
+    if not getattr(args, "from_", None):
+        return _restore(args, cfg)
+    from dcb.cli.replicate_commands import fetched_store
+
+    printer = ProgressPrinter(quiet=args.json)
+    with fetched_store(cfg, args.from_, args.id, printer) as store:
+        printer.close()
+        return _restore(args, cfg, store)
+
+
+def _restore(args: argparse.Namespace, cfg: Config, store: BackupStore | None = None) -> int:
     request = RestoreRequest(
         set_id=args.id, databases=tuple(args.db) if args.db else None,
         volumes=tuple(args.volume) if args.volume else None, target_db=args.as_name,
@@ -179,6 +193,8 @@ def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
     blast = None
     with CancelOnSignals(cancel, (signal.SIGINT, signal.SIGTERM),
                          "\ndcb: stopping, nothing was changed...\n"):
+        if store is not None:  # --from: the verified copy fetched from a destination
+            flow.store = store
         try:
             plan = flow.prepare(request)
             problems = flow.preflight(plan)
@@ -307,7 +323,7 @@ def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_history(args: argparse.Namespace, cfg: Config) -> int:
     if args.restore:
-        path = cfg.backup_dir / RESTORES_DIR / f"{args.restore}.json"
+        path = state_for(cfg).incident_path(args.restore)
         if not path.exists():
             raise NotFound(f"no incident log {args.restore} in {path.parent}",
                            hint="`dcb history` lists restores")
@@ -317,7 +333,7 @@ def cmd_history(args: argparse.Namespace, cfg: Config) -> int:
         else:
             print(incident_markdown(data))
         return 0
-    hist = read_history(cfg.backup_dir)
+    hist = state_for(cfg).read_history()
     if args.json:
         print_json(hist)
         return 0

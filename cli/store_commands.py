@@ -12,13 +12,15 @@ from dcb.cli.progress import ProgressPrinter
 from dcb.cli.render import print_json, table
 from dcb.cli.signals import CancelOnSignals
 from dcb.services import formatting as fmt
-from dcb.services.backup import BackupRequest, BackupRun, append_history, read_history
+from dcb.services.backup import BackupRequest, BackupRun
 from dcb.services.config import Config
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError, NotFound, UsageError
 from dcb.services.postgres import PgGateway
-from dcb.services.prune import prune
-from dcb.services.store import BackupSet, BackupStore
+from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview, prune
+from dcb.services.running import running_sets
+from dcb.services.state import state_for
+from dcb.services.store import BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
 
 
@@ -30,9 +32,7 @@ def register(add: AddCommand) -> None:
             "With --db/--volume only those are backed up (--db alone: no volumes).\n"
             "Containers in [stack] stop_during_backup are stopped while their volumes are "
             "archived and always started again. PostgreSQL's data volume is taken online "
-            "with pg_basebackup.\n\n"
-            "examples:\n  dcb backup\n  dcb backup --db dart_cloud --json\n"
-            "  dcb backup --prune        # apply retention after a successful run")
+            "with pg_basebackup.")
     p.add_argument("--db", action="append", metavar="NAME", help="back up this database")
     p.add_argument("--volume", action="append", metavar="NAME", help="back up this volume")
     p.add_argument("--prune", action="store_true",
@@ -42,8 +42,11 @@ def register(add: AddCommand) -> None:
 
     p = add("list", "list backup sets, newest first", cmd_list,
             "List every set in the backup dir: complete, failed, incomplete (an interrupted "
-            "run) and legacy sets made by the old bash scripts.")
+            "run), running (a backup in progress: who runs it, since when, bytes written so "
+            "far) and legacy sets made by the old bash scripts.")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--from", dest="from_", metavar="NAME",
+                   help="list the copies at this [replication] destination instead")
 
     p = add("show", "show one set's artifacts, checksums and row counts", cmd_show)
     p.add_argument("id", metavar="ID", help="set id (see `dcb list`)")
@@ -59,13 +62,25 @@ def register(add: AddCommand) -> None:
     p.add_argument("--all", action="store_true", help="verify every set")
     p.add_argument("--deep", action="store_true", help="also read every archive through")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--from", dest="from_", metavar="NAME",
+                   help="fetch the set from this [replication] destination (verified) and "
+                        "verify that copy")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     p = add("prune", "remove sets the retention policy no longer keeps", cmd_prune,
-            "Apply [retention] (restic's --keep-last/daily/weekly/monthly semantics). The "
-            "newest complete set is never removed; failed sets and incomplete sets older "
-            "than a day are. --dry-run lists every set with the rule that keeps it.")
+            "Apply [retention] to each database, each volume and the roles separately "
+            "(restic's --keep-last/daily/weekly/monthly semantics, per item): a set is "
+            "removed only when no rule keeps any of its items, and the newest copy of each "
+            "item is never removed. A restore's safety snapshot is kept until its undo window "
+            "ends ([restore] keep_undo_hours). Failed sets and incomplete sets older than a "
+            "day are removed.\n\n"
+            "The plan is shown first: every set with the items and rules that keep it. On a "
+            "terminal, type yes to remove exactly the sets it shows (without one, pass "
+            "--yes). If the store changes before you confirm so that a shown removal no "
+            "longer holds, nothing is removed and the new plan is shown.")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--yes", action="store_true", help="remove without asking")
+    p.add_argument("--json", action="store_true", help="print JSON (needs --dry-run or --yes)")
 
 
 def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
@@ -89,25 +104,44 @@ def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
     if not args.quiet:
         sys.stderr.write(f"backup {s.id} complete: {len(s.artifacts)} artifacts, "
                          f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}\n")
+    code = 0
+    if cfg.replication.after_backup and cfg.replication.destinations:
+        from dcb.services.replicate import replicate_after_backup
+
+        printer = ProgressPrinter(quiet=args.quiet)
+        try:
+            rep = replicate_after_backup(cfg, s, printer, cancel)
+        finally:
+            printer.close()
+        for d in rep.destinations if rep else ():
+            if d.error:
+                sys.stderr.write(f"dcb: backup {s.id} is complete, but replication to "
+                                 f"{d.name} failed: {d.error}\n")
+                code = 1
     if args.prune:
-        res = prune(cfg)
-        if res.removed and not args.quiet:
-            sys.stderr.write(f"pruned {len(res.removed)} sets, freed "
-                             f"{fmt.size(res.freed_bytes)}\n")
-    return 0
+        pruned = prune(cfg)
+        if pruned.removed and not args.quiet:
+            sys.stderr.write(f"pruned {len(pruned.removed)} sets, freed "
+                             f"{fmt.size(pruned.freed_bytes)}\n")
+    return code
 
 
 def _verified_index(cfg: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for h in read_history(cfg.backup_dir):
+    for h in state_for(cfg).read_history():
         if h.get("kind") == "verify":
             out[h["id"]] = h
     return out
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    if getattr(args, "from_", None):
+        from dcb.cli.replicate_commands import cmd_list_from
+
+        return cmd_list_from(args, cfg)
     sets = BackupStore.for_config(cfg).list_sets()
     verified = _verified_index(cfg)
+    running = running_sets(state_for(cfg).root, sets)  # where the lock lives
     if args.json:
         data = []
         for s in sets:
@@ -115,6 +149,10 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
             v = verified.get(s.id)
             d["verified"] = None if v is None else {"ok": v["ok"], "deep": v["deep"],
                                                     "at": v["at"]}
+            r = running.get(s.id)
+            if r is not None:  # being written now, not an interrupted run
+                d.update(status="running", error=None, size_bytes=r.bytes_written,
+                         running=r.to_json())
             data.append(d)
         print_json(data)
         return 0
@@ -126,6 +164,12 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
         v = verified.get(s.id)
         vtext = "-" if v is None else ("ok" if v["ok"] else "FAILED") + (" deep" if v["deep"]
                                                                           else "")
+        r = running.get(s.id)
+        if r is not None:
+            since = f", started {r.since:%H:%M:%S} UTC ({fmt.age(r.since)})" if r.since else ""
+            rows.append([s.id, fmt.age(s.created_at), "running", fmt.size(r.bytes_written),
+                         str(len(r.done)), vtext, r.describe() + since])
+            continue
         rows.append([s.id, fmt.age(s.created_at), s.status, fmt.size(s.size_bytes),
                      str(len(s.artifacts)), vtext, s.error or ""])
     print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "ARTIFACTS", "VERIFIED", "NOTE"]))
@@ -157,6 +201,10 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    if getattr(args, "from_", None):
+        from dcb.cli.replicate_commands import cmd_verify_from
+
+        return cmd_verify_from(args, cfg)
     store = BackupStore.for_config(cfg)
     sets = store.list_sets()
     if args.all and args.id:
@@ -174,19 +222,19 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     needs_pg = args.deep and any(a.source.get("format") == "custom"
                                  for s in targets for a in s.artifacts)
     if needs_pg:
-        gw = DockerGateway.connect()
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
         pg = PgGateway(gw, cfg.stack.postgres_container, cfg.stack.postgres_user,
                        cfg.postgres_password())
-    printer = ProgressPrinter(quiet=args.json)
+    printer = ProgressPrinter(quiet=args.json or args.quiet)
     results: list[SetCheck] = []
     try:
         for s in targets:
             r = verify_set(s, deep=args.deep, pg=pg, reporter=printer)
             results.append(r)
             if s.status in ("complete", "legacy"):
-                append_history(cfg.backup_dir, {"kind": "verify", "id": s.id, "ok": r.ok,
-                                                "deep": args.deep, "at": verified_now(),
-                                                "problems": r.problems()})
+                state_for(cfg).append_history({"kind": "verify", "id": s.id, "ok": r.ok,
+                                               "deep": args.deep, "at": verified_now(),
+                                               "problems": r.problems()})
     finally:
         printer.close()
         if gw is not None:
@@ -210,32 +258,86 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _describe_set(s: BackupSet) -> list[str]:
-    return [s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), s.status, fmt.size(s.size_bytes)]
+def prune_text(plan: PrunePlan) -> str:
+    """Every set, and under it the items and rules that keep it (or why it goes)."""
+    rows, notes = [], []
+    for d in plan.decisions:
+        s = d.set
+        status = s.status if s.purpose == "backup" else f"{s.status} ({s.purpose})"
+        rows.append([s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), status,
+                     fmt.size(s.size_bytes), "keep" if d.keep else "REMOVE"])
+        notes.append([r for r in d.reasons if r != "remove"])
+    lines = table(rows, ["ID", "CREATED", "STATUS", "SIZE", "DECISION"]).splitlines()
+    indent = " " * (max(len(r[0]) for r in rows) + 2) if rows else ""
+    out = lines[:1]
+    for line, reasons in zip(lines[1:], notes, strict=True):
+        out.append(line)
+        out += [indent + r for r in reasons]
+    return "\n".join(out)
+
+
+def _prune_json(plan: PrunePlan, dry_run: bool, result: PruneResult | None) -> dict[str, Any]:
+    return {"dry_run": dry_run, **plan.to_json(),
+            "removed": list(result.removed) if result else [],
+            "freed_bytes": result.freed_bytes if result else 0,
+            "also_removable": list(result.also_removable) if result else []}
+
+
+def _prune_summary(res: PruneResult) -> str:
+    text = f"removed {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}"
+    if res.also_removable:
+        text += (f"; {len(res.also_removable)} more can go now that the store changed "
+                 "(not shown before, so left alone): run dcb prune again")
+    return text
 
 
 def cmd_prune(args: argparse.Namespace, cfg: Config) -> int:
-    res = prune(cfg, dry_run=args.dry_run)
+    if args.dry_run or args.yes:
+        if args.dry_run:
+            plan, res = preview(cfg), None
+        else:
+            res = prune(cfg)
+            plan = res.plan
+        if args.json:
+            print_json(_prune_json(plan, args.dry_run, res))
+        elif not plan.decisions:
+            print(f"no backups in {cfg.backup_dir}")
+        else:
+            print(prune_text(plan))
+            print(f"\n{len(plan.removals)} of {len(plan.decisions)} sets would be removed "
+                  "(dry run)" if res is None else "\n" + _prune_summary(res))
+        return 0
     if args.json:
-        print_json({
-            "dry_run": args.dry_run,
-            "sets": [{"id": d.set.id, "status": d.set.status, "keep": d.keep,
-                      "reasons": list(d.reasons)} for d in res.decisions],
-            "removed": list(res.removed), "freed_bytes": res.freed_bytes,
-        })
+        raise UsageError("dcb prune --json needs --dry-run or --yes", hint="nothing was removed")
+    if not sys.stdin.isatty():
+        raise UsageError("refusing to prune without confirmation: no terminal to ask on; "
+                         "pass --yes (or --dry-run to see the plan)", hint="nothing was removed")
+    plan = preview(cfg)
+    while True:
+        if not plan.decisions:
+            print(f"no backups in {cfg.backup_dir}")
+            return 0
+        print(prune_text(plan))
+        if not plan.removals:
+            print("\nnothing to remove")
+            return 0
+        try:
+            answer = input(f"\nRemove these {len(plan.removals)} sets "
+                           f"({fmt.size(plan.bytes_to_free)})? Type yes to remove them, "
+                           "anything else cancels: ").strip()
+        except EOFError:  # Ctrl-D
+            answer = ""
+        if answer != "yes":
+            sys.stderr.write("dcb: cancelled, nothing was removed\n")
+            return 1
+        try:
+            res = execute(cfg, plan)
+        except PlanChanged as e:
+            sys.stderr.write(f"dcb: {e.message}; nothing was removed. The new plan:\n\n")
+            plan = e.current
+            continue
+        print(_prune_summary(res))
         return 0
-    if not res.decisions:
-        print(f"no backups in {cfg.backup_dir}")
-        return 0
-    rows = [[*_describe_set(d.set), ("keep: " if d.keep else "") + ", ".join(d.reasons)]
-            for d in res.decisions]
-    print(table(rows, ["ID", "CREATED", "STATUS", "SIZE", "DECISION"]))
-    n_remove = sum(1 for d in res.decisions if not d.keep)
-    if args.dry_run:
-        print(f"\n{n_remove} of {len(res.decisions)} sets would be removed (dry run)")
-    else:
-        print(f"\nremoved {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}")
-    return 0
 
 
 __all__ = ["DcbError", "register"]

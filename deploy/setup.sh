@@ -11,15 +11,21 @@ want_test=0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+if [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; then
+    log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+else
+    log() { printf '==> %s\n' "$*" >&2; }
+fi
 
-pkgs=(python3 python3-venv python3-pip ca-certificates)
+# age: encryption at rest; rsync + openssh-client: rsync destinations ([replication]);
+# debootstrap: `dcb demo` builds Debian's PostgreSQL image where no registry answers.
+pkgs=(python3 python3-venv python3-pip ca-certificates age rsync openssh-client debootstrap)
 # Only install Debian's engine where no engine is installed (never fight docker-ce).
 command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
 if [ $want_test = 1 ]; then
-    pkgs+=(debootstrap busybox-static tmux rsync openssh-server openssh-client \
-           postgresql-client e2fsprogs util-linux procps)
+    pkgs+=(busybox-static tmux zsh fish openssh-server \
+           postgresql-client e2fsprogs util-linux procps acl libcap2-bin)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -65,4 +71,6 @@ fi
 if [ $want_test = 1 ]; then
     log "building test images (cached by tag)"
     bash tests/images/build.sh
+    # The service container's base (debootstrap, minutes once; cached by tag).
+    bash deploy/build-image.sh --base-only >/dev/null
 fi

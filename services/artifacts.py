@@ -3,6 +3,10 @@
 An artifact is written under a hidden temporary name in its set directory (mode 0600),
 compressed on the fly in constant memory, hashed as written, fsynced, then renamed into place
 and the directory fsynced. Any error deletes the temporary file. ENOSPC is never retried.
+
+With ``[encryption] recipients`` the compressed stream goes through age before it reaches the
+file (services/encryption.py); sizes and SHA-256 are those of the stored, encrypted bytes.
+``open_decompressed`` recognises an age file by its header and decrypts it.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
+from dcb.services.encryption import EncryptingSink, open_decrypted
 from dcb.services.errors import DcbError
 
 CHUNK = 1024 * 1024
@@ -91,37 +96,54 @@ class ArtifactWriter:
     committing (an exception, a cancel) removes the temporary file.
     """
 
-    def __init__(self, final_path: Path, compression: str = "zstd", level: int = 3) -> None:
+    def __init__(self, final_path: Path, compression: str = "zstd", level: int = 3,
+                 recipients: tuple[str, ...] = ()) -> None:
         self.final_path = final_path
         self.tmp_path = final_path.with_name(f".{final_path.name}.tmp")
         self.compression = compression
         self.raw_bytes = 0
         self._tail = b""
+        self._head = b""
+        self._done = False
+        self._age: EncryptingSink | None = None
+        if compression not in EXTENSIONS:
+            raise DcbError(f"unknown compression {compression!r}")
         try:
             self._fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
             raise StorageError(f"cannot create {self.tmp_path}: {e.strerror}") from None
         self._raw = _HashingFile(self._fd)
+        stored: Any = self._raw
+        if recipients:
+            try:
+                self._age = stored = EncryptingSink(recipients, self._raw)
+            except BaseException:
+                self.abort()
+                raise
         self._sink: BinaryIO
         if compression == "zstd":
             cctx = zstandard.ZstdCompressor(level=level, threads=-1)
-            self._sink = cctx.stream_writer(self._raw, closefd=False)  # type: ignore[arg-type]
+            self._sink = cctx.stream_writer(stored, closefd=False)
         elif compression == "gzip":
-            self._sink = gzip.GzipFile(fileobj=self._raw, mode="wb",  # type: ignore[assignment]
+            self._sink = gzip.GzipFile(fileobj=stored, mode="wb",  # type: ignore[assignment]
                                        compresslevel=level, mtime=0)
-        elif compression == "none":
-            self._sink = self._raw  # type: ignore[assignment]
         else:
-            raise DcbError(f"unknown compression {compression!r}")
-        self._done = False
+            self._sink = stored
 
     def write(self, data: bytes) -> None:
+        if len(self._head) < 16:
+            self._head = (self._head + data[:16])[:16]
         self.raw_bytes += len(data)
         self._tail = (self._tail + data[-256:])[-256:]
         try:
             self._sink.write(data)
         except OSError as e:
             raise StorageError(f"writing {self.final_path.name}: {e.strerror}") from None
+
+    @property
+    def head(self) -> bytes:
+        """The first 16 uncompressed bytes written (for format magic)."""
+        return self._head
 
     @property
     def tail(self) -> bytes:
@@ -134,6 +156,8 @@ class ArtifactWriter:
                 self._sink.flush(zstandard.FLUSH_FRAME)  # type: ignore[call-arg]
             elif self.compression == "gzip":
                 self._sink.close()
+            if self._age is not None:
+                self._age.finish()
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -146,6 +170,8 @@ class ArtifactWriter:
         return Written(self.final_path, self._raw.size, self._raw.sha.hexdigest(), self.raw_bytes)
 
     def abort(self) -> None:
+        if self._age is not None:
+            self._age.abort()
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -161,9 +187,15 @@ class ArtifactWriter:
             self.abort()
 
 
+def _no_follow(path: str, flags: int) -> int:
+    """Artifacts are opened as themselves, never through a symlink (a set's files are input:
+    a link could point anywhere on the host)."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def open_decompressed(path: Path, compression: str) -> BinaryIO:
-    """A streaming reader of the artifact's original bytes."""
-    f = open(path, "rb")  # noqa: SIM115 - handed to the caller
+    """A streaming reader of the artifact's original bytes (decrypted when it is age)."""
+    f = open_decrypted(path)
     if compression == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(f, closefd=True)
     if compression == "gzip":
@@ -182,7 +214,7 @@ def iter_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
 def sha256_file(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
-    with open(path, "rb") as f:
+    with open(path, "rb", opener=_no_follow) as f:
         for b in iter_chunks(f):
             h.update(b)
             n += len(b)

@@ -27,9 +27,16 @@ from typing import Any
 from dcb import __version__
 from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
 from dcb.services.config import Config
+from dcb.services.coverage import (
+    resolve_databases,
+    volume_tar_error,
+    volume_writers,
+    writer_warning,
+)
 from dcb.services.disk import disk_usage
-from dcb.services.docker_exec import remove_stale_helpers, store_tag
-from dcb.services.docker_gateway import DockerGateway
+from dcb.services.docker_exec import StepGuard, remove_stale_helpers, store_tag
+from dcb.services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.encryption import age_tool
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
 from dcb.services.postgres import (
@@ -51,6 +58,8 @@ from dcb.services.progress import (
     locked,
     null_reporter,
 )
+from dcb.services.safe_tar import CorruptArchive, StreamValidator, UnsafeArchive
+from dcb.services.state import state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import (
     DIR_MODE,
@@ -63,15 +72,24 @@ from dcb.services.store import (
     new_set_id,
     read_manifest,
 )
-from dcb.services.volumes import LocalTar, TarSource, open_volume_tar
+from dcb.services.volumes import (
+    HelperTar,
+    LocalTar,
+    TarSource,
+    cluster_volumes,
+    open_volume_tar,
+    resolve_pg_data_volume,
+)
 
 STOP_TIMEOUT = 30
+DEFAULT_PGDATA = "/var/lib/postgresql/data"  # the official image's
 
 
 @dataclass(frozen=True)
 class BackupRequest:
     databases: tuple[str, ...] | None = None
-    """None: every configured database."""
+    """None: every configured database (with ``databases = "all"``: every database the
+    cluster holds at the start of the run, services/coverage.py)."""
     volumes: tuple[str, ...] | None = None
     """None: every configured volume."""
     globals: bool = True
@@ -93,8 +111,13 @@ class _Plan:
     purpose: str = "backup"
     restore_id: str | None = None
     estimate_bytes: int = 0
+    all_databases: bool = False
+    """``databases`` is resolved from the cluster at the pre-check."""
     server_version: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
+    pg_data_volume: str | None = None
+    """The volume holding the cluster's data directory, from the container's mounts."""
+    pg_data_subdir: str = "."
 
 
 
@@ -154,16 +177,18 @@ class BackupRun:
         self.cancel = cancel or threading.Event()
         self.clock = clock
         self.root = cfg.backup_dir
+        self.state = state_for(cfg)
         self.store = BackupStore.for_config(cfg)
-        self.ledger = StoppedLedger(self.root)
+        self.ledger = StoppedLedger(self.state.root)
+        self.recipients = cfg.encryption.recipients
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, request: BackupRequest | None = None) -> BackupSet:
         request = request or BackupRequest()
         plan = self._select(request)
         ensure_store_dir(self.root)
-        with StoreLock(self.root, "dcb backup"):
-            gw = DockerGateway.connect()
+        with StoreLock.for_config(self.cfg, "dcb backup"):
+            gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
             try:
                 return self._run_locked(gw, plan)
             finally:
@@ -172,7 +197,16 @@ class BackupRun:
     def run_locked(self, gw: DockerGateway, request: BackupRequest) -> BackupSet:
         """A run inside another flow that already holds the store lock (a restore's safety
         snapshot)."""
-        return self._run_locked(gw, self._select(request))
+        plan = self._select(request)
+        try:
+            ensure_store_dir(self.root)
+        except StorageError as e:
+            if plan.purpose != "safety":
+                raise
+            # The restore reports only the message: the way out goes in it.
+            raise StorageError(f"no safety snapshot possible: {e.message}; restore with "
+                               "--no-safety-backup (it cannot be undone then)") from None
+        return self._run_locked(gw, plan)
 
     def _run_locked(self, gw: DockerGateway, plan: _Plan) -> BackupSet:
         self._recover(gw)
@@ -246,11 +280,13 @@ class BackupRun:
                 "server_version": plan.server_version,
             },
             "size_bytes": sum(a.size_bytes for a in artifacts),
+            **({"encryption": {"format": "age", "recipients": list(self.recipients)}}
+               if self.recipients else {}),
             "artifacts": [a.to_json() for a in artifacts],
         }
         atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
         result = read_manifest(set_dir)
-        append_history(self.root, {
+        self.state.append_history({
             "kind": "backup", "id": set_id, "status": "complete",
             "started_at": started.isoformat(), "duration_seconds": round(duration, 3),
             "size_bytes": result.size_bytes,
@@ -263,23 +299,26 @@ class BackupRun:
     # -- preparation --------------------------------------------------------------------------
     def _select(self, request: BackupRequest) -> _Plan:
         stack = self.cfg.stack
-        dbs = stack.databases if request.databases is None else request.databases
+        everything = request.databases is None and stack.all_databases
+        dbs = stack.listed_databases if request.databases is None else request.databases
         vols = stack.volumes if request.volumes is None else request.volumes
-        for d in dbs:
-            if d not in stack.databases:
-                raise UsageError(f"database {d!r} is not configured in [stack] databases",
-                                 hint="configured: " + ", ".join(stack.databases))
+        if not stack.all_databases:  # with "all": any database that exists (pre-check)
+            for d in dbs:
+                if d not in stack.listed_databases:
+                    raise UsageError(f"database {d!r} is not configured in [stack] databases",
+                                     hint="configured: " + ", ".join(stack.listed_databases))
         for v in vols:
             if v not in stack.volumes:
                 raise UsageError(f"volume {v!r} is not configured in [stack] volumes",
                                  hint="configured: " + ", ".join(stack.volumes))
-        if not dbs and not vols:
+        if not dbs and not vols and not everything:
             raise UsageError("nothing to back up")
         if request.purpose not in PURPOSES:
             raise UsageError(f"unknown backup purpose {request.purpose!r}")
         return _Plan(databases=tuple(dbs), volumes=tuple(vols),
-                     globals=request.globals and bool(dbs), purpose=request.purpose,
-                     restore_id=request.restore_id)
+                     globals=request.globals and (bool(dbs) or everything),
+                     purpose=request.purpose, restore_id=request.restore_id,
+                     all_databases=everything)
 
     def _recover(self, gw: DockerGateway) -> None:
         """Undo what a killed earlier run left behind: stopped containers, helpers."""
@@ -301,13 +340,18 @@ class BackupRun:
     def _precheck(self, gw: DockerGateway, pg: PgGateway, plan: _Plan) -> None:
         self.report(StageStarted("precheck"))
         t0 = time.monotonic()
+        if self.recipients:
+            age_tool()  # missing: refused before anything is stopped or written
         pgc = gw.container(self.cfg.stack.postgres_container)
         if not pgc.running:
             raise DcbError(f"PostgreSQL container {pgc.name!r} is {pgc.state}, not running",
                            hint=f"docker start {pgc.name}")
-        pg.wait_ready(timeout=30)
+        pg.wait_ready(timeout=self.cfg.timeouts.postgres_ready)
         plan.server_version = pg.server_info().version
+        self._find_pg_data(gw, pg, pgc, plan)
         db_sizes = pg.database_sizes()
+        if plan.all_databases:
+            self._resolve_all(pg, plan)
         for d in plan.databases:
             if d not in db_sizes:
                 raise NotFound(f"database {d!r} does not exist in {pgc.name}")
@@ -330,6 +374,37 @@ class BackupRun:
         self.report(StageFinished("precheck", 0, time.monotonic() - t0,
                                   detail=f"PostgreSQL {plan.server_version}"))
 
+    def _find_pg_data(self, gw: DockerGateway, pg: PgGateway, pgc: ContainerInfo,
+                      plan: _Plan) -> None:
+        """Which volume is PostgreSQL's own, from its mounts: never a raw copy of it."""
+        spaces = ("SELECT * FROM (SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                  "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1) t")
+        try:
+            rows = pg.query(f"SELECT current_setting('data_directory') UNION ALL {spaces}"
+                            ).splitlines()
+        except DcbError:  # a role without pg_read_all_settings: the container's PGDATA
+            env = gw.client.containers.get(pgc.name).attrs.get("Config", {}).get("Env") or []
+            pgdata = next((e.partition("=")[2] for e in env if e.startswith("PGDATA=")),
+                          DEFAULT_PGDATA)
+            rows = [pgdata, *pg.query(spaces).splitlines()]
+        layout = cluster_volumes(pgc.mounts, rows[0].strip(),
+                                 tuple(r.strip() for r in rows[1:] if r.strip()))
+        explicit = self.cfg.sources.get("stack.postgres_data_volume", "default") != "default"
+        plan.pg_data_volume = resolve_pg_data_volume(
+            self.cfg.stack.postgres_data_volume, explicit, pgc, layout, plan.volumes)
+        plan.pg_data_subdir = layout.data_subdir
+
+    def _resolve_all(self, pg: PgGateway, plan: _Plan) -> None:
+        """``databases = "all"``: what the cluster holds now, so a new database is in."""
+        plan.databases = resolve_databases(self.cfg, pg)
+        self.report(LogLine('[stack] databases = "all": ' + (", ".join(plan.databases)
+                                                            or "no database")))
+        if not plan.databases:
+            plan.globals = False
+            if not plan.volumes:
+                raise UsageError('nothing to back up: [stack] databases = "all" matches no '
+                                 "database", hint="check [stack] exclude_databases")
+
     def _make_set_dir(self, now: datetime) -> Path:
         taken = {p.name for p in self.root.iterdir()} if self.root.exists() else set()
         while True:
@@ -343,23 +418,36 @@ class BackupRun:
 
     # -- stages -------------------------------------------------------------------------------
     def _check_cancel(self) -> None:
-        if self.cancel.is_set() or self._stage_cancel.is_set():
+        if self._stopping():
             raise Cancelled("backup cancelled")
 
-    def _pump(self, source: Any, writer: ArtifactWriter, meter: ByteMeter) -> None:
+    def _stopping(self) -> bool:
+        return self.cancel.is_set() or self._stage_cancel.is_set()
+
+    def _guard(self, stage: str) -> StepGuard:
+        """The explicit time limit of one artifact ([timeouts] step) and cancellation: the
+        only things that stop a silent dump or archive."""
+        return StepGuard(stage, self.cfg.timeouts.step, self._stopping)
+
+    def _pump(self, source: Any, writer: ArtifactWriter, meter: ByteMeter,
+              also: Callable[[bytes], None] | None = None) -> None:
         for chunk in source.stdout():
             self._check_cancel()
             writer.write(chunk)
+            if also is not None:
+                also(chunk)
             meter.add(len(chunk))
         meter.flush()
 
     def _db_stage(self, pg: PgGateway, plan: _Plan, set_dir: Path) -> list[Artifact]:
         out: list[Artifact] = []
         if plan.globals:
-            out.append(self._dump_globals(pg, set_dir))
+            with self._guard("roles (pg_dumpall --globals-only)") as guard:
+                out.append(self._dump_globals(pg.with_guard(guard), set_dir))
         for db in plan.databases:
             self._check_cancel()
-            out.append(self._dump_database(pg, db, set_dir, plan))
+            with self._guard(f"pg_dump {db}") as guard:
+                out.append(self._dump_database(pg.with_guard(guard), db, set_dir, plan))
         return out
 
     def _dump_globals(self, pg: PgGateway, set_dir: Path) -> Artifact:
@@ -368,10 +456,11 @@ class BackupRun:
         self.report(StageStarted(stage))
         meter = ByteMeter(stage, self.report)
         fname = "globals.sql" + EXTENSIONS[st.compression]
-        with ArtifactWriter(set_dir / fname, st.compression, st.compression_level) as w:
+        with ArtifactWriter(set_dir / fname, st.compression, st.compression_level,
+                            self.recipients) as w:
             with pg.dump_globals() as proc:
                 self._pump(proc, w, meter)
-                code = proc.wait(60)
+                code = proc.wait()
                 if code != 0:
                     raise DumpError(f"pg_dumpall --globals-only failed (exit {code}): "
                                     f"{first_error(proc.stderr_text)}")
@@ -398,7 +487,8 @@ class BackupRun:
         else:
             fname, compression = f"db-{db}.sql" + EXTENSIONS[st.compression], st.compression
         with pg.snapshot_session(db) as snap, \
-                ArtifactWriter(set_dir / fname, compression, st.compression_level) as w:
+                ArtifactWriter(set_dir / fname, compression, st.compression_level,
+                               self.recipients) as w:
             proc = pg.dump(db, fmt=fmt, snapshot=snap.snapshot,
                            lock_wait_timeout=self.cfg.stack.lock_wait_timeout)
             counts: dict[str, int] = {}
@@ -419,7 +509,7 @@ class BackupRun:
             counter.start()
             try:
                 self._pump(proc, w, meter)
-                code = proc.wait(60)
+                code = proc.wait()
             finally:
                 proc.close()
             if code != 0:
@@ -435,7 +525,7 @@ class BackupRun:
                 raise DumpError(f"pg_dump {db} produced no output")
             if fmt == "plain" and PLAIN_DUMP_END not in w.tail:
                 raise DumpError(f"pg_dump {db}: output lacks its completion marker (truncated)")
-            counter.join(600)
+            counter.join()  # the step's guard stops it on cancel or at [timeouts] step
             if count_error:
                 cerr = count_error[0]
                 raise DumpError(f"counting rows of {db} failed: "
@@ -443,11 +533,9 @@ class BackupRun:
             if counter.is_alive():
                 raise DumpError(f"counting rows of {db} did not finish")
             written = w.commit()
-        if fmt == "custom":
-            with open(written.path, "rb") as f:
-                if f.read(5) != CUSTOM_MAGIC:
-                    written.path.unlink()
-                    raise DumpError(f"pg_dump {db}: not a custom-format archive")
+        if fmt == "custom" and not w.head.startswith(CUSTOM_MAGIC):
+            written.path.unlink()
+            raise DumpError(f"pg_dump {db}: not a custom-format archive")
         self.report(StageFinished(stage, written.size_bytes, meter.seconds,
                                   detail=f"{len(counts)} tables"))
         return Artifact(kind="database", name=db, file=fname, size_bytes=written.size_bytes,
@@ -464,20 +552,23 @@ class BackupRun:
         out = []
         for v in plan.volumes:
             self._check_cancel()
-            out.append(self._archive_volume(gw, pg, v, set_dir, plan))
+            with self._guard(f"archiving volume {v}") as guard:
+                out.append(self._archive_volume(gw, pg.with_guard(guard), v, set_dir, plan,
+                                                guard))
         return out
 
     def _archive_volume(self, gw: DockerGateway, pg: PgGateway, volume: str, set_dir: Path,
-                        plan: _Plan) -> Artifact:
+                        plan: _Plan, guard: StepGuard) -> Artifact:
         stage = f"volume {volume}"
         st = self.cfg.storage
         self.report(StageStarted(stage, plan.sizes.get(stage)))
         meter = ByteMeter(stage, self.report, plan.sizes.get(stage))
         fname = f"volume-{volume}.tar" + EXTENSIONS[st.compression]
-        is_pg_data = volume == self.cfg.stack.postgres_data_volume
+        is_pg_data = volume == plan.pg_data_volume
         stopped: list[str] = []
         source: dict[str, Any] = {}
         write_compression = st.compression
+        entries = 0
         try:
             if is_pg_data:
                 # Never a raw copy of a live data directory: an online physical backup.
@@ -488,37 +579,75 @@ class BackupRun:
                     write_compression = "none"  # the stream arrives compressed already
                 source["method"] = "pg_basebackup"
                 source["compressed_by"] = "pg_basebackup" if in_container else "dcb"
+                if plan.pg_data_subdir != ".":
+                    source["data_subdir"] = plan.pg_data_subdir
             else:
                 stopped = self._stop_users(gw, volume)
+                writers = self._warn_writers(gw, volume)
+                if writers:
+                    source["running_writers"] = list(writers)
                 helper_image = st.helper_image or gw.container(
                     self.cfg.stack.postgres_container).image
-                proc = open_volume_tar(gw, volume, st.volume_access, helper_image,
-                                       store_tag(self.root))
+                proc = guard.watch(open_volume_tar(gw, volume, st.volume_access,
+                                                   helper_image, store_tag(self.root)))
                 source["method"] = "host tar" if isinstance(proc, LocalTar) else "helper"
             source["stopped_containers"] = stopped
+            # Whatever a restore would refuse is found now, on the stream as it is written.
+            check = StreamValidator(
+                "zstd" if write_compression != st.compression else "none",
+                hint="nothing was stored: move or remove it in the volume, then back up again")
             with ArtifactWriter(set_dir / fname, write_compression,
-                                st.compression_level) as w:
+                                st.compression_level, self.recipients) as w:
+                damaged: CorruptArchive | None = None
                 try:
-                    self._pump(proc, w, meter)
-                    code = proc.wait(120)
+                    try:
+                        self._pump(proc, w, meter, also=check.feed)
+                    except CorruptArchive as e:
+                        damaged = e  # the producer's own failure, if any, says more
+                        for _ in proc.stdout():
+                            self._check_cancel()
+                    code = proc.wait()
+                    if code == 0 and damaged is None:
+                        entries = check.finish()
+                except CorruptArchive as e:
+                    damaged = e
+                except UnsafeArchive as e:
+                    raise DcbError(
+                        f"volume {volume} holds what a restore could not recreate: "
+                        + "; ".join(e.problems[:10])
+                        + (f"; and {len(e.problems) - 10} more" if len(e.problems) > 10
+                           else ""), hint=e.hint) from None
                 finally:
+                    check.close()
                     proc.close()
+                guard.check()
                 if code != 0:
-                    raise DcbError(f"archiving volume {volume} failed (exit {code}): "
-                                   f"{first_error(proc.stderr_text)}")
+                    raise volume_tar_error(volume, code, proc.stderr_text,
+                                           source.get("running_writers", ()))
+                if damaged is not None:
+                    raise DcbError(f"archiving volume {volume}: the stream is not a readable "
+                                   f"tar archive: {damaged}")
                 if w.raw_bytes == 0:
                     raise DcbError(f"archiving volume {volume} produced no output")
                 written = w.commit()
+            if isinstance(proc, HelperTar) and proc.lossy:
+                source["tar"] = "not GNU tar: no extended attributes, ACLs or sparse files"
+                self.report(LogLine(f"volume {volume}: the helper image {proc.image} has no "
+                                    "GNU tar; extended attributes, ACLs, capabilities and "
+                                    "sparse files were not kept (set [storage] helper_image)",
+                                    "warning"))
         finally:
             for name in stopped:
                 self._start_container(gw, name)
             if stopped:
                 self._clear_stopped(stopped)
-        self.report(StageFinished(stage, written.size_bytes, meter.seconds))
+        self.report(StageFinished(stage, written.size_bytes, meter.seconds,
+                                  detail=f"{entries} entries checked"))
         raw = written.raw_bytes
         if write_compression != st.compression:  # compressed before it reached us
-            raw = plan.sizes.get(stage) or written.size_bytes * 4
-        source.update({"raw_bytes": raw, "seconds": round(meter.seconds, 3), "format": "tar"})
+            raw = check.raw_bytes  # as the check decompressed it
+        source.update({"raw_bytes": raw, "seconds": round(meter.seconds, 3), "format": "tar",
+                       "entries": entries})
         return Artifact(kind="volume", name=volume, file=fname, size_bytes=written.size_bytes,
                         sha256=written.sha256, compression=st.compression, source=source)
 
@@ -542,6 +671,13 @@ class BackupRun:
                 raise DcbError(f"could not stop {c.name}: {e}") from None
             stopped.append(c.name)
         return stopped
+
+    def _warn_writers(self, gw: DockerGateway, volume: str) -> tuple[str, ...]:
+        """Name the running containers that keep writing ``volume`` while it is archived."""
+        writers = volume_writers(self.cfg, gw, volume)
+        if writers:
+            self.report(LogLine(writer_warning(volume, writers), "warning"))
+        return writers
 
     def _start_container(self, gw: DockerGateway, name: str) -> None:
         try:
@@ -578,8 +714,8 @@ class BackupRun:
         }
         with contextlib.suppress(DcbError):
             atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
-        with contextlib.suppress(OSError):
-            append_history(self.root, {
+        with contextlib.suppress(OSError, DcbError):
+            self.state.append_history({
                 "kind": "backup", "id": set_id, "status": "failed",
                 "started_at": started.isoformat(), "duration_seconds": round(duration, 3),
                 "error": message,

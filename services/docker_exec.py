@@ -4,6 +4,12 @@ Both speak Docker's multiplexed stream protocol (8-byte frame headers, stdout/st
 is read through a 1 MiB buffer in constant memory; stderr keeps only its last 64 KiB for error
 messages. Every exit status is checked by the caller through ``wait()``: a non-zero status is a
 failure even when bytes arrived.
+
+No stream carries a timeout of its own: a ``pg_dump`` waiting for a lock or a ``pg_restore``
+building an index may rightly stay silent for hours (the Docker client's request timeout would
+otherwise cut every stream after two minutes of silence). A step's explicit limit and
+cancellation come from a ``StepGuard``, which stops the step's processes and ends their
+streams, so a blocked read returns and the caller reports why.
 """
 
 from __future__ import annotations
@@ -12,25 +18,129 @@ import collections
 import contextlib
 import hashlib
 import io
+import os
+import signal
 import socket
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import docker.errors
 import requests.exceptions
 from docker.types import LogConfig
 
-from dcb.services.docker_gateway import DockerGateway, _as_unavailable
-from dcb.services.errors import DcbError, NotFound
+from dcb.services.docker_gateway import DockerGateway, _as_unavailable, describe_docker_host
+from dcb.services.errors import Cancelled, DcbError, DockerUnavailable, NotFound
 
 STDOUT, STDERR = 1, 2
 STDERR_KEEP = 64 * 1024
 HELPER_LABEL = "dcb.helper"
+POLL = 0.05
+
+
+class StepTimeout(DcbError):
+    """A step ran longer than its explicit limit and was stopped."""
+
+
+class Abortable(Protocol):
+    def abort(self, reason: DcbError | None = None) -> None:
+        """Stop from another thread; ``wait()`` then raises ``reason``."""
+
+
+A = TypeVar("A", bound=Abortable)
+
+
+class StepGuard:
+    """Stops a step's processes when its time limit passes or the run is cancelled.
+
+    ``limit`` is in seconds (0: none); ``cancelled`` is polled. A watcher thread calls
+    ``abort()`` on every watched process, which ends their streams; the step then calls
+    ``check()`` after each blocking call and raises ``StepTimeout`` or ``Cancelled``.
+    """
+
+    def __init__(self, what: str, limit: float = 0,
+                 cancelled: Callable[[], bool] | None = None,
+                 setting: str = "[timeouts] step") -> None:
+        self.what = what
+        self.limit = limit
+        self.cancelled = cancelled
+        self.setting = setting
+        self.reason: DcbError | None = None
+        self._procs: list[Abortable] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, proc: A) -> A:
+        with self._lock:
+            self._procs.append(proc)
+            stopped = self.reason is not None
+        if stopped:
+            proc.abort(self.reason)
+        return proc
+
+    def check(self) -> None:
+        """Raise why the step was stopped, if it was."""
+        if self.reason is not None:
+            raise self.reason
+
+    def stop(self, reason: DcbError) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            procs = list(self._procs)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.abort(reason)
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self.limit if self.limit else None
+        while not self._done.wait(0.1):
+            if self.cancelled is not None and self.cancelled():
+                self.stop(Cancelled(f"{self.what}: cancelled"))
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                self.stop(StepTimeout(
+                    f"{self.what} did not finish within {self.limit:g}s ({self.setting}); "
+                    "stopped",
+                    hint=f"raise {self.setting} (0: no limit)"))
+                return
+
+    def __enter__(self) -> StepGuard:
+        if self.limit or self.cancelled is not None:
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name="dcb-step-guard")
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if exc_type is None:
+            self.check()
+        elif self.reason is None:
+            # The step failed: nothing it started may run on (or wait on in a lock queue).
+            with self._lock:
+                procs, self._procs = self._procs, []
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.abort(None)
+
+
+def _unlimited(sock: Any) -> None:
+    """Take the Docker client's request timeout off a hijacked stream's socket."""
+    settimeout = getattr(sock, "settimeout", None)
+    if settimeout is not None:
+        with contextlib.suppress(OSError):
+            settimeout(None)
 
 
 def _response_reader(sock: Any) -> io.BufferedReader | None:
@@ -48,6 +158,8 @@ class _Framed:
         self.sock = sock
         self._raw_sock: socket.socket | None = getattr(sock, "_sock", None) or (
             sock if isinstance(sock, socket.socket) else None)
+        _unlimited(self._raw_sock if self._raw_sock is not None else sock)
+        self.aborted = False
         # The HTTP client read the response headers through a buffered reader, which may
         # already hold the first frames (a quick process's whole output): read through that
         # same reader, or those bytes are lost. docker-py keeps the response on the socket.
@@ -60,14 +172,22 @@ class _Framed:
         self.stderr = bytearray()
         self.eof = False
 
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.reader.read(n)
+        except (OSError, ValueError) as e:
+            if self.aborted:
+                return b""
+            raise DockerUnavailable(f"lost the Docker stream: {e}") from None
+
     def frames(self) -> Iterator[tuple[int, bytes]]:
         while not self.eof:
-            header = self.reader.read(8)
+            header = self._read(8)
             if len(header) < 8:
                 self.eof = True
                 return
             stream, size = struct.unpack(">BxxxL", header)
-            data = self.reader.read(size)
+            data = self._read(size)
             if len(data) < size:
                 self.eof = True
                 if data:
@@ -94,6 +214,14 @@ class _Framed:
             with contextlib.suppress(OSError):
                 self._raw_sock.shutdown(socket.SHUT_WR)
 
+    def abort(self) -> None:
+        """End the stream from another thread: a blocked read returns at once (closing the
+        reader instead would wait for the reader's lock, held by that blocked read)."""
+        self.aborted = True
+        target = self._raw_sock if self._raw_sock is not None else self.sock
+        with contextlib.suppress(Exception):
+            target.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.reader.close()
@@ -111,15 +239,20 @@ class _Framed:
 class ExecProcess:
     """A process started with ``docker exec`` whose stdout streams to us.
 
-    Secrets go in ``env`` (the exec's environment), never in ``cmd``.
+    Secrets go in ``env`` (the exec's environment), never in ``cmd``. ``on_abort`` is called
+    when a ``StepGuard`` stops the process (PostgreSQL clients end their server sessions
+    there: a killed client's backend could otherwise wait on in a lock queue).
     """
 
     def __init__(self, gw: DockerGateway, container: str, cmd: list[str], *,
                  env: dict[str, str] | None = None, stdin: bool = False,
-                 user: str = "") -> None:
+                 user: str = "", on_abort: Callable[[], None] | None = None) -> None:
         self.api = gw.client.api
         self.cmd = cmd
         self.container = container
+        self.on_abort = on_abort
+        self.aborted = False
+        self.abort_reason: DcbError | None = None
         try:
             self.exec_id = self.api.exec_create(
                 container, cmd, stdout=True, stderr=True, stdin=stdin,
@@ -148,32 +281,51 @@ class ExecProcess:
     def close_stdin(self) -> None:
         self.stream.close_stdin()
 
-    def feed(self, chunks: Iterator[bytes], timeout: float = 3600) -> int:
+    def feed(self, chunks: Iterator[bytes], timeout: float | None = None) -> int:
         """Send ``chunks`` to the process's stdin while draining its output; its exit code.
 
-        The output is drained in a thread so a chatty process never blocks our writes.
+        The output is drained in a thread so a chatty process never blocks our writes. No
+        limit unless ``timeout`` is given: a ``StepGuard`` stops a step that runs too long.
         """
-        drained = threading.Thread(target=lambda: collections.deque(self.stdout(), maxlen=0),
-                                   daemon=True, name="dcb-exec-drain")
+        errors: list[DcbError] = []
+
+        def drain() -> None:
+            try:
+                collections.deque(self.stdout(), maxlen=0)
+            except DcbError as e:
+                errors.append(e)
+
+        drained = threading.Thread(target=drain, daemon=True, name="dcb-exec-drain")
         drained.start()
         try:
             for c in chunks:
                 self.send(c)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the process exited early: its exit code says why
+        except OSError:
+            pass  # the process exited early or was stopped: its exit code says why
         finally:
             self.close_stdin()
         drained.join(timeout)
+        if self.abort_reason is not None:
+            raise self.abort_reason
+        if errors:
+            raise errors[0]
         return self.wait(timeout)
 
     @property
     def stderr_text(self) -> str:
         return self.stream.stderr_text
 
-    def wait(self, timeout: float = 60) -> int:
-        """The process's exit code, once Docker reports it finished."""
-        deadline = time.monotonic() + timeout
+    def wait(self, timeout: float | None = None) -> int:
+        """The process's exit code, once Docker reports it finished.
+
+        Without ``timeout`` it waits as long as the process runs: its output has ended by
+        now, and a ``StepGuard`` ends the wait of a step that runs too long (raising its
+        reason; -1 when aborted without one).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self.abort_reason is not None:
+                raise self.abort_reason
             try:
                 info = self.api.exec_inspect(self.exec_id)
             except (docker.errors.APIError, requests.exceptions.RequestException) as e:
@@ -181,9 +333,25 @@ class ExecProcess:
             if not info.get("Running"):
                 code = info.get("ExitCode")
                 return -1 if code is None else int(code)
-            if time.monotonic() > deadline:
+            if self.aborted:
+                return -1
+            if deadline is not None and time.monotonic() > deadline:
                 raise DcbError(f"{self.cmd[0]} in {self.container} did not finish in {timeout}s")
-            time.sleep(0.05)
+            time.sleep(POLL)
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        """Stop the process (from another thread): end our stream so a blocked read returns,
+        run ``on_abort``, and signal the process itself when the engine is on this host."""
+        self.abort_reason = reason
+        self.aborted = True
+        self.stream.abort()
+        if self.on_abort is not None:
+            with contextlib.suppress(Exception):
+                self.on_abort()
+        with contextlib.suppress(Exception):
+            info = self.api.exec_inspect(self.exec_id)
+            if info.get("Running"):
+                _kill_local(int(info.get("Pid") or 0), self.cmd[0])
 
     def close(self) -> None:
         self.stream.close()
@@ -208,6 +376,8 @@ class HelperProcess:
         self.gw = gw
         api = gw.client.api
         self.name = f"dcb-helper-{uuid.uuid4().hex[:10]}"
+        self.aborted = False
+        self.abort_reason: DcbError | None = None
         try:
             host_config = api.create_host_config(
                 binds=volumes or {}, network_mode="none",
@@ -235,12 +405,33 @@ class HelperProcess:
     def stderr_text(self) -> str:
         return self.stream.stderr_text
 
-    def wait(self, timeout: float = 60) -> int:
-        try:
-            res = self.gw.client.api.wait(self.id, timeout=int(timeout))
-        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-            raise _as_unavailable(e) from None
-        return int(res.get("StatusCode", -1))
+    def wait(self, timeout: float | None = None) -> int:
+        """The container's exit code once it stopped (-1 once aborted); no limit unless
+        ``timeout`` is given (a ``StepGuard`` ends the wait of a step that runs too long)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.abort_reason is not None:
+                raise self.abort_reason
+            if self.aborted:
+                return -1
+            try:
+                state = self.gw.client.api.inspect_container(self.id)["State"]
+            except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+                raise _as_unavailable(e) from None
+            if not state.get("Running") and state.get("Status") != "created":
+                return int(state.get("ExitCode", -1))
+            if deadline is not None and time.monotonic() > deadline:
+                raise DcbError(f"helper container {self.name} did not finish in {timeout}s")
+            time.sleep(POLL)
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        """Stop the helper from another thread: kill it and end our stream."""
+        self.abort_reason = reason
+        self.aborted = True
+        if getattr(self, "stream", None) is not None:
+            self.stream.abort()
+        with contextlib.suppress(Exception):
+            self.gw.client.api.kill(self.name)
 
     def remove(self) -> None:
         if getattr(self, "stream", None) is not None:
@@ -253,6 +444,21 @@ class HelperProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def _kill_local(pid: int, program: str) -> None:
+    """SIGTERM an exec'd process by its host pid, when the engine runs on this host and the
+    pid still is that program (never another process that reused the number)."""
+    host = describe_docker_host()
+    if pid <= 0 or not host.startswith("unix://"):
+        return
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return
+    if os.path.basename(argv0.decode(errors="replace")) == os.path.basename(program):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def store_tag(root: Path) -> str:

@@ -17,8 +17,12 @@ import docker.errors
 import requests.exceptions
 
 from dcb.services.errors import DcbError, DockerUnavailable, NotFound
+from dcb.services.guard import client_from_env
 
 DEFAULT_TIMEOUT = 120
+"""Seconds one API request may take ([timeouts] docker_api). Streams of running processes
+are taken off it (services/docker_exec.py): only a StepGuard limits them."""
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class ContainerInfo:
     image: str
     started_at: datetime | None
     mounts: tuple[Mount, ...] = ()
+    compose_project: str | None = None
+    """The Docker Compose project that created it (label ``com.docker.compose.project``)."""
 
     @property
     def running(self) -> bool:
@@ -91,7 +97,8 @@ class DockerGateway:
         """Connect using the usual ``DOCKER_HOST``/``DOCKER_*`` environment."""
         host = describe_docker_host()
         try:
-            client = docker.from_env(timeout=timeout)
+            # Guarded while a demo configuration is in use (services/guard.py).
+            client = client_from_env(timeout)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
             raise DockerUnavailable(
@@ -140,24 +147,97 @@ class DockerGateway:
             size_bytes=None,
         )
 
-    def volume_sizes(self) -> dict[str, int]:
-        """Sizes of all volumes, as ``docker system df -v`` computes them.
+    def disk_usage(self, attempts: int = 10) -> dict[str, Any] | None:
+        """``docker system df -v`` as the engine reports it (``client.df()``).
 
-        The engine runs one disk-usage computation at a time and refuses a second; after a
-        few retries the sizes are reported unknown (empty) rather than failing the caller.
+        The engine runs one disk-usage computation at a time and refuses a second: this
+        retries every 0.5 s, ``attempts`` times, then returns None (busy).
         """
-        for attempt in range(10):
+        for attempt in range(attempts):
             try:
-                df = self.client.df()
-                break
+                df: dict[str, Any] = self.client.df()
+                return df
             except docker.errors.APIError as e:
                 if "already running" not in str(e):
                     raise _as_unavailable(e) from None
-                if attempt == 9:
-                    return {}
-                time.sleep(0.5)
+                if attempt < attempts - 1:
+                    time.sleep(0.5)
             except requests.exceptions.RequestException as e:
                 raise _as_unavailable(e) from None
+        return None
+
+    def engine_info(self) -> dict[str, Any]:
+        """``docker info`` (``DockerRootDir``, ``LoggingDriver``, ...)."""
+        try:
+            info: dict[str, Any] = self.client.info()
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return info
+
+    def inspect_container_raw(self, ref: str) -> dict[str, Any] | None:
+        """``docker inspect`` of a container by id or name; None when it does not exist."""
+        try:
+            attrs: dict[str, Any] = self.client.api.inspect_container(ref)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return attrs
+
+    def inspect_image_raw(self, ref: str) -> dict[str, Any] | None:
+        """``docker image inspect``; None when the image does not exist."""
+        try:
+            attrs: dict[str, Any] = self.client.api.inspect_image(ref)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return attrs
+
+    def list_containers_raw(self) -> list[dict[str, Any]]:
+        """Every container (``docker ps -a``), as the list endpoint reports it (one call)."""
+        try:
+            found: list[dict[str, Any]] = self.client.api.containers(all=True)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return found
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove one image by id, never forced: the engine refuses (``DcbError``) when a
+        container uses it or it has more than one tag. As with ``docker rmi``, its untagged
+        parents that nothing else uses (the intermediate images of a classic build, which
+        hold its layers) go with it."""
+        try:
+            self.client.api.remove_image(image_id, force=False, noprune=False)
+        except docker.errors.NotFound:
+            raise NotFound(f"image {image_id[:19]} no longer exists") from None
+        except docker.errors.APIError as e:
+            raise DcbError(f"image {image_id[:19]}: the engine refused: {_explain(e)}") from None
+        except requests.exceptions.RequestException as e:
+            raise _as_unavailable(e) from None
+
+    def remove_container(self, container_id: str) -> None:
+        """Remove one stopped container (never forced, never its volumes): the engine refuses
+        (``DcbError``) a running one."""
+        try:
+            self.client.api.remove_container(container_id, v=False, force=False)
+        except docker.errors.NotFound:
+            raise NotFound(f"container {container_id[:12]} no longer exists") from None
+        except docker.errors.APIError as e:
+            raise DcbError(f"container {container_id[:12]}: the engine refused: "
+                           f"{_explain(e)}") from None
+        except requests.exceptions.RequestException as e:
+            raise _as_unavailable(e) from None
+
+    def volume_sizes(self) -> dict[str, int]:
+        """Sizes of all volumes, as ``docker system df -v`` computes them.
+
+        When the engine stays busy with another disk-usage computation the sizes are
+        reported unknown (empty) rather than failing the caller.
+        """
+        df = self.disk_usage()
+        if df is None:
+            return {}
         sizes: dict[str, int] = {}
         for v in df.get("Volumes") or []:
             size = (v.get("UsageData") or {}).get("Size", -1)
@@ -171,6 +251,22 @@ class DockerGateway:
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
             raise _as_unavailable(e) from None
         return [_container_info(c.attrs) for c in found]
+
+    def containers_with_label(self, label: str) -> list[ContainerInfo]:
+        """Every container (running or not) carrying ``label`` (``key`` or ``key=value``)."""
+        try:
+            found = self.client.containers.list(all=True, filters={"label": label})
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return [_container_info(c.attrs) for c in found]
+
+    def volumes_with_label(self, label: str) -> list[str]:
+        """Names of the volumes carrying ``label`` (``key`` or ``key=value``)."""
+        try:
+            found = self.client.volumes.list(filters={"label": label})
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise _as_unavailable(e) from None
+        return [v.name for v in found]
 
 
 def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
@@ -193,6 +289,8 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
         image=(attrs.get("Config") or {}).get("Image", ""),
         started_at=_parse_time(state.get("StartedAt")),
         mounts=mounts,
+        compose_project=((attrs.get("Config") or {}).get("Labels") or {}).get(
+            COMPOSE_PROJECT_LABEL) or None,
     )
 
 
@@ -204,6 +302,13 @@ def _short(e: BaseException) -> str:
         if marker in str(e):
             return marker
     return text[:200]
+
+
+def _explain(e: docker.errors.APIError) -> str:
+    """The engine's own reason (``explanation``), else the first line."""
+    expl = e.explanation
+    text = expl.decode("utf-8", "replace") if isinstance(expl, bytes) else expl or ""
+    return text.splitlines()[0][:300] if text else _short(e)
 
 
 def _as_unavailable(e: BaseException) -> DcbError:

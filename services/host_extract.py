@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import shutil
 import subprocess
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 import zstandard
 
 from dcb.services.artifacts import CHUNK
+from dcb.services.encryption import is_encrypted, open_decrypted_from
 from dcb.services.errors import Cancelled, DcbError
 from dcb.services.progress import ByteMeter
 
@@ -52,12 +54,13 @@ def gnu_tar() -> tuple[str, ...] | None:
         return None
     if "GNU tar" not in version:
         return None
+    if "--xattrs" not in helptext:
+        return None  # it would lose extended attributes, ACLs and capabilities
+    # ACLs are in the archive as raw system.posix_acl_* attributes (services/volumes.py):
+    # --xattrs restores them with numeric ids; --acls would skip them, looking for tar's own
+    # textual ACL records, and leave the files without ACLs.
     args = [exe, "-x", "-f", "-", "--numeric-owner", "--same-owner", "--same-permissions",
-            "--delay-directory-restore"]
-    if "--xattrs" in helptext:
-        args += ["--xattrs", "--xattrs-include=*"]
-    if "--acls" in helptext:
-        args.append("--acls")
+            "--delay-directory-restore", "--xattrs", "--xattrs-include=*", "--no-acls"]
     return tuple(args)
 
 
@@ -82,6 +85,25 @@ class _Hashing:
         return b
 
 
+def _pump(src: Any, out: Any, meter: ByteMeter, stopping: Callable[[], bool],
+          after_first_chunk: Callable[[], None]) -> None:
+    first = True
+    while True:
+        if stopping():
+            raise Cancelled("restore cancelled")
+        b = src.read(CHUNK)
+        if not b:
+            return
+        try:
+            out.write(b)
+        except BrokenPipeError:
+            return  # tar stopped: its exit status says why
+        meter.add(len(b))
+        if first:
+            first = False
+            after_first_chunk()
+
+
 def extract_validated(path: Path, compression: str, dest: Path, *, sha256: str | None,
                       meter: ByteMeter, stopping: Callable[[], bool],
                       after_first_chunk: Callable[[], None] = lambda: None) -> None:
@@ -89,6 +111,7 @@ def extract_validated(path: Path, compression: str, dest: Path, *, sha256: str |
     args = gnu_tar()
     if args is None:
         raise HostExtractError("GNU tar is not available")
+    encrypted = is_encrypted(path)
     proc = subprocess.Popen([*args, "-C", str(dest)], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stderr is not None
@@ -103,26 +126,19 @@ def extract_validated(path: Path, compression: str, dest: Path, *, sha256: str |
     drainer = threading.Thread(target=drain, name="dcb-tar-stderr", daemon=True)
     drainer.start()
     try:
-        with open(path, "rb") as raw:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as raw:
             hashed = _Hashing(raw)
-            src = _reader(hashed, compression)
-            first = True
-            while True:
-                if stopping():
-                    raise Cancelled("restore cancelled")
-                b = src.read(CHUNK)
-                if not b:
-                    break
-                try:
-                    proc.stdin.write(b)
-                except BrokenPipeError:
-                    break  # tar stopped: its exit status says why
-                meter.add(len(b))
-                if first:
-                    first = False
-                    after_first_chunk()
-            while hashed.read(CHUNK):
-                pass  # trailing bytes the decompressor did not need: hashed all the same
+            # An age file is decrypted as it is read: the bytes hashed are the stored ones,
+            # the bytes extracted their plaintext, in one pass.
+            plain: Any = open_decrypted_from(hashed, path.name) if encrypted else hashed
+            try:
+                _pump(_reader(plain, compression), proc.stdin, meter, stopping,
+                      after_first_chunk)
+                while plain.read(CHUNK):
+                    pass  # trailing bytes the decompressor did not need: hashed all the same
+            finally:
+                if plain is not hashed:
+                    plain.close()
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
         code = proc.wait()

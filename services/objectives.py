@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dcb.services.backup import read_history
 from dcb.services.config import Config
-from dcb.services.restore import RESTORES_DIR
-from dcb.services.store import BackupStore
+from dcb.services.state import state_for
+from dcb.services.store import BackupSet, BackupStore
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,12 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
     now = now or datetime.now(UTC)
     rpo = timedelta(hours=cfg.objectives.rpo_hours)
     sets = BackupStore.for_config(cfg).list_sets()
-    history = read_history(cfg.backup_dir)
+    state = state_for(cfg)
+    history = state.read_history()
     verified_ok = {h["id"] for h in history if h.get("kind") == "verify" and h.get("ok")}
     drills = [h for h in history if h.get("kind") == "drill"]
     items = []
-    wanted = [("database", d) for d in cfg.stack.databases] + \
+    wanted = [("database", d) for d in _databases(cfg, sets)] + \
         [("volume", v) for v in cfg.stack.volumes]
     for kind, name in wanted:
         having = [s for s in sets if s.status in ("complete", "legacy")
@@ -71,9 +71,9 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
         ok = newest_verified is not None and now - newest_verified <= rpo
         items.append(Objective(kind, name, newest_verified, newest_any, ok))
     incidents = []
-    d = cfg.backup_dir / RESTORES_DIR
-    if d.is_dir():
-        for f in sorted(d.glob("*.json"), reverse=True)[:20]:
+    logs = [f for d in state.incident_dirs() if d.is_dir() for f in d.glob("*.json")]
+    if logs:
+        for f in sorted(logs, key=lambda f: f.name, reverse=True)[:20]:
             try:
                 data = json.loads(f.read_text())
                 r = data["report"]
@@ -91,3 +91,15 @@ def objectives(cfg: Config, now: datetime | None = None) -> Objectives:
                       last_drill_ok=last.get("ok") if last else None,
                       last_drill_at=last.get("at") if last else None,
                       incidents=tuple(incidents))
+
+
+def _databases(cfg: Config, sets: list[BackupSet]) -> tuple[str, ...]:
+    """The configured databases; with ``databases = "all"`` (known only to the cluster),
+    those of the newest complete backup."""
+    if not cfg.stack.all_databases:
+        return cfg.stack.listed_databases
+    done = [s for s in sets if s.status == "complete" and s.purpose == "backup"]
+    if not done:
+        return ()
+    newest = max(done, key=lambda s: s.created_at)
+    return tuple(a.name for a in newest.artifacts if a.kind == "database")

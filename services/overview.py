@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from dcb.services.backup import read_history
 from dcb.services.config import Config
+from dcb.services.replicate import DestinationState, destination_states, replicated_summary
+from dcb.services.running import RunningSet, running_sets
+from dcb.services.state import state_for
 from dcb.services.store import BackupSet, BackupStore
 
 
@@ -17,6 +19,8 @@ class SetRow:
     verified: str
     """``ok``, ``ok (deep)``, ``FAILED`` or ``-``."""
     replicated: str = "-"
+    running: RunningSet | None = None
+    """Set while a run is writing this set (it has no manifest yet)."""
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,13 @@ class StoreOverview:
     last_good: datetime | None = None
     last_failure: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
+    destinations: tuple[DestinationState, ...] = ()
+    """Each ``[replication.NAME]``: newest copy, lag, last error (from the ledger)."""
 
 
 def store_overview(cfg: Config) -> StoreOverview:
     sets = BackupStore.for_config(cfg).list_sets()
-    history = read_history(cfg.backup_dir)
+    history = state_for(cfg).read_history()
     verified: dict[str, dict[str, Any]] = {}
     last_failure = last_drill = None
     for h in history:
@@ -43,15 +49,21 @@ def store_overview(cfg: Config) -> StoreOverview:
             last_drill = h
     rows = []
     by_kind: dict[str, int] = {}
+    dests = len(cfg.replication.destinations)
+    copies = replicated_summary(cfg) if dests else {}
+    running = running_sets(state_for(cfg).root, sets)  # where the lock lives
     for s in sets:
         v = verified.get(s.id)
         vtext = "-" if v is None else (("ok" if v.get("ok") else "FAILED")
                                        + (" (deep)" if v.get("deep") else ""))
-        rows.append(SetRow(s, vtext))
+        rtext = "-" if not dests or s.status != "complete" else \
+            f"{len(copies.get(s.id, ()))}/{dests}"
+        rows.append(SetRow(s, vtext, rtext, running=running.get(s.id)))
         for a in s.artifacts:
             key = {"database": "databases", "globals": "databases"}.get(a.kind, "volumes")
             by_kind[key] = by_kind.get(key, 0) + a.size_bytes
     good = [s.created_at for s in sets if s.status in ("complete", "legacy")]
     return StoreOverview(rows=tuple(rows), bytes_by_kind=by_kind,
                          last_good=max(good) if good else None,
-                         last_failure=last_failure, last_drill=last_drill)
+                         last_failure=last_failure, last_drill=last_drill,
+                         destinations=tuple(destination_states(cfg, sets=sets)))

@@ -7,12 +7,14 @@ exec's environment (``PGPASSWORD``), never in argv.
 
 from __future__ import annotations
 
+import copy
+import secrets
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dcb.services.docker_exec import ExecProcess
+from dcb.services.docker_exec import ExecProcess, StepGuard, StepTimeout
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import DcbError
 
@@ -62,9 +64,34 @@ class PgGateway:
         self.user = user
         self._env = {"PGPASSWORD": password} if password else {}
         self._major: int | None = None
+        self.guard: StepGuard | None = None
+
+    def with_guard(self, guard: StepGuard) -> PgGateway:
+        """The same gateway, every process it starts watched by ``guard`` (a step's time
+        limit and cancellation)."""
+        pg = copy.copy(self)
+        pg.guard = guard
+        return pg
 
     def exec(self, cmd: list[str], *, stdin: bool = False) -> ExecProcess:
-        return ExecProcess(self.gw, self.container, cmd, env=self._env, stdin=stdin)
+        """Run a client program. Its sessions carry a unique application_name, so when a
+        ``StepGuard`` stops it, its server sessions are ended too (a backend waiting for a
+        lock would otherwise stay queued, blocking the tables' writers)."""
+        app = f"dcb-{secrets.token_hex(6)}"
+        proc = ExecProcess(self.gw, self.container, cmd, env={**self._env, "PGAPPNAME": app},
+                           stdin=stdin, on_abort=lambda: self.terminate_sessions(app))
+        return self.guard.watch(proc) if self.guard is not None else proc
+
+    def terminate_sessions(self, application_name: str) -> None:
+        """End the server sessions of one stopped client (at most 30 s: cleanup only)."""
+        cmd = ["psql", "-X", "-q", "-A", "-t", "-U", self.user, "-d", "postgres", "-c",
+               "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               f"WHERE application_name = '{application_name}'"]
+        guard = StepGuard(f"ending the sessions of {application_name}", 30,
+                          setting="the cleanup limit")
+        with guard, guard.watch(ExecProcess(self.gw, self.container, cmd, env=self._env)) as p:
+            p.read_all()
+            p.wait()
 
     def query(self, sql: str, db: str = "postgres", timeout: float = 60) -> str:
         """Run SQL with psql (errors fatal) and return its unaligned, tuples-only output."""
@@ -78,21 +105,29 @@ class PgGateway:
         return out.decode("utf-8", "replace")
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until the server accepts a real query."""
-        deadline = time.monotonic() + timeout
+        """Wait until the server accepts a real query (``[timeouts] postgres_ready``; a
+        query that hangs counts against it too)."""
+        guard = StepGuard(f"waiting for PostgreSQL in {self.container}", timeout)
+        pg = self.with_guard(guard)
         last = ""
-        while True:
-            try:
-                if self.query("SELECT 1").strip() == "1":
-                    return
-            except DcbError as e:
-                last = e.message
-                if "not running" in last or "not found" in last:
-                    raise
-            if time.monotonic() > deadline:
-                raise DcbError(f"PostgreSQL in {self.container} not ready after {timeout:.0f}s: "
-                               f"{last}")
-            time.sleep(0.5)
+        try:
+            with guard:
+                while guard.reason is None:
+                    try:
+                        if pg.query("SELECT 1").strip() == "1":
+                            return
+                    except StepTimeout:
+                        break
+                    except DcbError as e:
+                        last = e.message
+                        if "not running" in last or "not found" in last:
+                            raise
+                    time.sleep(0.5)
+        except StepTimeout:
+            pass
+        raise DcbError(f"PostgreSQL in {self.container} not ready after {timeout:.0f}s"
+                       + (f": {last}" if last else ""),
+                       hint="raise [timeouts] postgres_ready if it needs longer to start")
 
     def server_info(self) -> ServerInfo:
         out = self.query("SELECT current_setting('server_version') || '|' || "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,8 @@ from dcb.services.backup import ensure_store_dir
 from dcb.services.compose import compose_labels, up_command
 from dcb.services.config import Config
 from dcb.services.disk import disk_usage
-from dcb.services.docker_gateway import DockerGateway
+from dcb.services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.encryption import is_encrypted, open_decrypted_from
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
 from dcb.services.postgres import CLUSTER_DUMP_END, PLAIN_DUMP_END, PgGateway, major_version
@@ -49,7 +51,6 @@ from dcb.services.progress import (
     null_reporter,
 )
 from dcb.services.restore_model import (
-    RESTORES_DIR,
     BlastRadius,
     Check,
     DatabaseChange,
@@ -60,7 +61,7 @@ from dcb.services.restore_model import (
     StepRecord,
     Target,
     VolumeChange,
-    state_root,
+    pg_data_artifact,
 )
 from dcb.services.restore_steps import (
     DatabaseStep,
@@ -79,10 +80,18 @@ from dcb.services.restore_steps import (
     VerifyStep,
     VolumeStep,
 )
-from dcb.services.safe_tar import Listing, validate_archive
+from dcb.services.safe_tar import Listing, read_xattrs, validate_archive
+from dcb.services.state import RESTORES_DIR, state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import Artifact, BackupSet, BackupStore
-from dcb.services.volumes import mountpoint_usable
+from dcb.services.undo import UNDO_DIR
+from dcb.services.volumes import (
+    ClusterVolumes,
+    cluster_layout,
+    mountpoint_usable,
+    resolve_pg_data_volume,
+    safe_subdir,
+)
 
 DEFAULT_RATE = 40 * 1024 * 1024  # bytes/s when no past restore says better
 UNDO_MODES = ("move", "safety", "none")
@@ -102,13 +111,16 @@ class RestoreFlow:
         self.target = target or Target.live(cfg)
         self.store = BackupStore.for_config(cfg)
         self._gw = gw
-        self.root = state_root(cfg)
+        self.state = state_for(cfg)
+        self.root = self.state.root
+        """The state dir: incident logs, undo point records, the stopped-container ledger
+        (never the backup dir when that is read-only)."""
         self.ledger = StoppedLedger(self.root)
 
     @property
     def gw(self) -> DockerGateway:
         if self._gw is None:
-            self._gw = DockerGateway.connect()
+            self._gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
         return self._gw
 
     @property
@@ -123,9 +135,11 @@ class RestoreFlow:
             raise RestoreError(f"set {s.id} is {s.status}: it cannot be restored"
                                + (f" ({s.error})" if s.error else ""))
         dbs, vols, glob = self._select(s, request)
-        stops_pg = any(a.name == self.target.postgres_data_volume for a in vols)
-        pg_state = self._require_postgres(bool(dbs), stops_pg)
-        undo = self._undo_mode(request, vols)
+        pg_art = pg_data_artifact(vols, self.target.postgres_data_volume)
+        pg_state = self._require_postgres(bool(dbs), pg_art is not None)
+        targets, pg_data, subdir, route_notes = self._route_volumes(vols, pg_art)
+        stops_pg = pg_data is not None
+        undo = self._undo_mode(request, vols, targets)
         # Staged: every volume extracted into its undo volume and every database restored
         # into a temporary one while the stack runs; then one swap (renames). Reading the
         # archives through then happens there, before anything live changes.
@@ -134,26 +148,27 @@ class RestoreFlow:
             s, dbs, vols, glob, pg_running=pg_state == "running",
             defer=staged and not request.validate_now)
 
-        notes = []
+        notes = route_notes
         if s.legacy:
             notes.append("legacy set from the old scripts: no checksums or row counts recorded; "
                          "archives were read through instead")
         stop, missing = ((), ()) if request.target_db is not None else \
-            self._containers_to_stop(vols)
+            self._containers_to_stop(vols, targets, pg_data)
         notes += [f"app container {n} does not exist: nothing to stop or start"
                   for n in missing]
         starts_pg = bool(dbs) and not stops_pg and not self.target.sandbox and \
             pg_state == "stopped"
         if request.safety_backup and undo == "safety" and not self.target.sandbox:
             notes.append("the replaced volumes cannot be moved aside here (" + self._why_safety(
-                request, vols) + "): a safety set is taken instead")
+                request, vols, targets) + "): a safety set is taken instead")
         plan = RestorePlan(set=s, databases=dbs, volumes=vols, globals=glob,
                            target_db=request.target_db, undo=undo, stop_containers=stop,
                            stops_postgres=stops_pg, steps=(), listings=listings,
                            digests=digests,
                            notes=tuple(notes), delta=request.delta, roles=request.roles,
                            starts_postgres=starts_pg, checks=tuple(checks),
-                           missing_containers=missing, staged=staged)
+                           missing_containers=missing, staged=staged,
+                           volume_targets=targets, pg_data=pg_data, pg_data_subdir=subdir)
         return replace(plan, steps=self._steps(plan))
 
     def replan(self, plan: RestorePlan, safety_backup: bool) -> RestorePlan:
@@ -164,7 +179,8 @@ class RestoreFlow:
             undo = "none"
         else:
             undo = self._undo_mode(RestoreRequest(plan.set.id, delta=plan.delta,
-                                                  target_db=plan.target_db), plan.volumes)
+                                                  target_db=plan.target_db), plan.volumes,
+                                   plan.volume_targets)
         new = replace(plan, undo=undo, staged=plan.staged and undo == "move")
         return replace(new, steps=self._steps(new))
 
@@ -185,6 +201,74 @@ class RestoreFlow:
                          " (restoring only volumes does not need it)")
             return "none"
         return "running" if c.running else "stopped"
+
+    def _route_volumes(self, vols: tuple[Artifact, ...], pg_art: Artifact | None
+                       ) -> tuple[dict[str, str], str | None, str, list[str]]:
+        """Where each volume goes: its Docker volume; PostgreSQL's data volume into the one
+        the PostgreSQL container mounts at its data directory, whatever the names (Compose
+        prefixes them). A volume the live cluster runs on is always treated as its data
+        volume (replaced with the server stopped); a volume holding other files of the
+        cluster (a separate pg_wal, a tablespace) is refused. Returns (targets, the data
+        volume's name in the set, the data directory below its mount, notes)."""
+        t = self.target
+        targets: dict[str, str] = {}
+        for a in vols:
+            if a is pg_art:
+                continue
+            if a.name not in t.volumes:
+                raise UsageError(f"volume {a.name!r} is not in [stack] volumes: "
+                                 "dcb does not know where to restore it")
+            targets[a.name] = t.volumes[a.name]
+        c = self.gw.find_container(t.postgres_container) if vols else None
+        if c is None:
+            if pg_art is not None:  # only a sandbox gets here (_require_postgres)
+                targets[pg_art.name] = t.volumes.get(pg_art.name, pg_art.name)
+            return targets, pg_art.name if pg_art else None, ".", []
+        layout = self._cluster_layout(c)
+        notes: list[str] = []
+        if layout.data_volume is not None:
+            for a in vols:
+                if a is pg_art or targets.get(a.name) != layout.data_volume:
+                    continue
+                if pg_art is not None:
+                    raise RestoreError(f"volumes {pg_art.name} and {a.name} would both go "
+                                       f"into PostgreSQL's data volume {layout.data_volume}",
+                                       hint="restore one of them (--volume)")
+                pg_art = a
+                del targets[a.name]
+                notes.append(f"volume {a.name} is PostgreSQL's data volume (mounted at "
+                             f"{layout.data_mount} in {c.name}): PostgreSQL is stopped while "
+                             f"it is replaced; the archive was taken by "
+                             f"{a.source.get('method') or 'another tool'}, not "
+                             "pg_basebackup, so the cluster may not start from it")
+        for name, docker_volume in targets.items():
+            if docker_volume in layout.parts:
+                raise RestoreError(
+                    f"volume {name} holds files of the PostgreSQL cluster "
+                    f"({layout.parts[docker_volume]} in {c.name}): replacing it alone "
+                    "would break the cluster; nothing was changed",
+                    hint="restore PostgreSQL's data volume and the databases instead")
+        if pg_art is None:
+            return targets, None, ".", notes
+        if layout.data_volume is None:
+            raise RestoreError(
+                f"PostgreSQL's data directory {layout.data_directory} in {c.name} is not on a "
+                f"named volume: dcb cannot restore volume {pg_art.name} into it; nothing was "
+                "changed", hint="restore the databases only (--db NAME)")
+        if not t.sandbox:
+            explicit = self.cfg.sources.get("stack.postgres_data_volume",
+                                            "default") != "default"
+            resolve_pg_data_volume(self.cfg.stack.postgres_data_volume, explicit, c, layout,
+                                   tuple(targets.values()))
+        targets[pg_art.name] = layout.data_volume
+        recorded = safe_subdir(pg_art.source.get("data_subdir"))
+        if recorded != layout.data_subdir:
+            notes.append(f"the backup found the data directory at {recorded!r} in its volume, "
+                         f"{c.name} now uses {layout.data_subdir!r}: restored there")
+        return targets, pg_art.name, layout.data_subdir, notes
+
+    def _cluster_layout(self, c: ContainerInfo) -> ClusterVolumes:
+        return cluster_layout(self.gw, c, self.pg.query if c.running else None)
 
     def _select(self, s: BackupSet, r: RestoreRequest
                 ) -> tuple[tuple[Artifact, ...], tuple[Artifact, ...], Artifact | None]:
@@ -216,10 +300,6 @@ class RestoreFlow:
                 raise UsageError(f"--as {r.target_db!r}: use letters, digits and _ only")
             if r.roles:
                 raise UsageError("--as touches nothing but the new database: no --roles")
-        for a in vols:
-            if a.name not in self.target.volumes:
-                raise UsageError(f"volume {a.name!r} is not in [stack] volumes: "
-                                 "dcb does not know where to restore it")
         if not dbs and not vols:
             raise UsageError("nothing selected to restore")
         glob = s.artifact("globals", "globals") if dbs and r.target_db is None else None
@@ -277,6 +357,8 @@ class RestoreFlow:
     def _validate_artifact(self, s: BackupSet, a: Artifact, pg_running: bool,
                            defer: bool = False) -> tuple[Check, Listing | None, str]:
         path = s.path / a.file
+        if path.is_symlink():
+            raise RestoreError("a symlink: refused")  # it could name any file on the host
         try:
             size = path.stat().st_size
         except OSError:
@@ -293,6 +375,13 @@ class RestoreFlow:
                         # Its checksum is checked when it is staged (one read, not two).
                         meter.flush()
                         return check, None, a.sha256
+                elif is_encrypted(path):
+                    # Decrypted as it is read: the stored bytes are hashed, their plaintext
+                    # checked, in one pass.
+                    with open_decrypted_from(raw, a.file) as plain:
+                        check, listing = self._validate_content(a, plain, pg_running)
+                        while plain.read(CHUNK):
+                            pass  # age checks every chunk through to the last
                 else:
                     check, listing = self._validate_content(a, raw, pg_running)
             except Cancelled:
@@ -308,7 +397,7 @@ class RestoreFlow:
         meter.flush()
         return check, listing, raw.hexdigest()
 
-    def _validate_content(self, a: Artifact, raw: _HashingReader, pg_running: bool
+    def _validate_content(self, a: Artifact, raw: Any, pg_running: bool
                           ) -> tuple[Check, Listing | None]:
         f = _decompressed(raw, a.compression)
         if a.kind == "volume":
@@ -339,8 +428,8 @@ class RestoreFlow:
         c = self.gw.find_container(self.target.postgres_container)
         return c is not None and c.running
 
-    def _containers_to_stop(self, vols: tuple[Artifact, ...]
-                            ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _containers_to_stop(self, vols: tuple[Artifact, ...], targets: dict[str, str],
+                            pg_data: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         names: list[str] = []
         missing: list[str] = []
         for n in self.target.app_containers:
@@ -350,22 +439,24 @@ class RestoreFlow:
             elif c.running:
                 names.append(n)
         for a in vols:
-            if a.name == self.target.postgres_data_volume:
+            if a.name == pg_data:
                 continue
             with contextlib.suppress(NotFound):
-                for c in self.gw.containers_using_volume(self.target.volumes[a.name]):
+                for c in self.gw.containers_using_volume(targets[a.name]):
                     if c.running and c.name not in names and \
                             c.name != self.target.postgres_container:
                         names.append(c.name)
         return tuple(names), tuple(missing)
 
     # -- the way back -------------------------------------------------------------------------
-    def _undo_mode(self, r: RestoreRequest, vols: tuple[Artifact, ...]) -> str:
+    def _undo_mode(self, r: RestoreRequest, vols: tuple[Artifact, ...],
+                   targets: dict[str, str]) -> str:
         if not r.safety_backup or self.target.sandbox:
             return "none"
-        return "safety" if self._why_safety(r, vols) else "move"
+        return "safety" if self._why_safety(r, vols, targets) else "move"
 
-    def _why_safety(self, r: RestoreRequest, vols: tuple[Artifact, ...]) -> str:
+    def _why_safety(self, r: RestoreRequest, vols: tuple[Artifact, ...],
+                    targets: dict[str, str]) -> str:
         """Why the volumes' contents cannot be moved aside ("" when they can)."""
         if not vols:
             return ""
@@ -375,7 +466,7 @@ class RestoreFlow:
             return "volumes are reached through helper containers"
         for a in vols:
             try:
-                mp = self.gw.volume(self.target.volumes[a.name]).mountpoint
+                mp = self.gw.volume(targets[a.name]).mountpoint
             except NotFound:
                 continue  # absent: nothing to move
             if not mountpoint_usable(mp):
@@ -390,9 +481,7 @@ class RestoreFlow:
     # -- the plan's steps -----------------------------------------------------------------------
     def _rate(self) -> float:
         """Bytes/s of past restores, from the history; a default until one exists."""
-        from dcb.services.backup import read_history
-
-        rates = [h["raw_bytes"] / h["seconds"] for h in read_history(self.root)
+        rates = [h["raw_bytes"] / h["seconds"] for h in self.state.read_history()
                  if h.get("kind") == "restore" and h.get("ok") and h.get("seconds")
                  and h.get("raw_bytes")]
         return sum(rates[-5:]) / len(rates[-5:]) if rates else DEFAULT_RATE
@@ -421,7 +510,7 @@ class RestoreFlow:
         if plan.stops_postgres:
             steps.append(StopPostgresStep("stop-postgres", f"stop {t.postgres_container}", 10))
         for a in plan.volumes:
-            lane = "main" if a.name == t.postgres_data_volume else "volumes"
+            lane = "main" if plan.is_pg_data(a) else "volumes"
             steps.append(VolumeStep(f"volume:{a.name}", f"replace volume {a.name}", est(a),
                                     lane=lane, name=a.name))
         if plan.databases or plan.stops_postgres:
@@ -491,7 +580,7 @@ class RestoreFlow:
         keeps_old = plan.undo == "move"
         for a in plan.volumes:
             need = int(a.source.get("raw_bytes") or a.size_bytes * 3)
-            mp = self._mountpoint(a.name)
+            mp = self._mountpoint(plan.docker_volume(a.name))
             if mp is not None:
                 free = disk_usage(Path(mp)).free_bytes
                 if need > free:
@@ -503,8 +592,9 @@ class RestoreFlow:
         if plan.databases and keeps_old and not plan.stops_postgres and not self.target.sandbox:
             need = sum(int(a.source.get("raw_bytes") or a.size_bytes) * 3
                        for a in plan.databases)
-            mp = self._mountpoint(self.target.postgres_data_volume) \
-                if self.target.postgres_data_volume in self.target.volumes else None
+            c = self.gw.find_container(self.target.postgres_container)
+            data_volume = self._cluster_layout(c).data_volume if c is not None else None
+            mp = self._mountpoint(data_volume) if data_volume else None
             if mp is not None:
                 free = disk_usage(Path(mp)).free_bytes
                 if need > free:
@@ -512,6 +602,12 @@ class RestoreFlow:
         for n in plan.stop_containers:
             if self.gw.find_container(n) is None:
                 problems.append(f"container {n} not found")
+        if plan.undo == "safety":
+            try:
+                ensure_store_dir(self.cfg.backup_dir)
+            except DcbError as e:
+                problems.append(f"no safety snapshot possible: {e.message}; restore with "
+                                "--no-safety-backup (it cannot be undone then)")
         return problems
 
     def _space_problem(self, what: str, need: int, free: int, keeps_old: bool) -> str:
@@ -528,10 +624,9 @@ class RestoreFlow:
             text += "; --no-safety-backup replaces in place)"
         return text
 
-    def _mountpoint(self, volume: str) -> str | None:
-        name = self.target.volumes[volume]
+    def _mountpoint(self, docker_volume: str) -> str | None:
         try:
-            mp = self.gw.volume(name).mountpoint
+            mp = self.gw.volume(docker_volume).mountpoint
         except NotFound:
             return str(Path("/var/lib/docker/volumes")) if mountpoint_usable(
                 "/var/lib/docker/volumes") else None
@@ -544,7 +639,7 @@ class RestoreFlow:
         vols = []
         sizes = gw.volume_sizes() if plan.volumes else {}
         for a in plan.volumes:
-            name = self.target.volumes[a.name]
+            name = plan.docker_volume(a.name)
             try:
                 gw.volume(name)
                 exists = True
@@ -579,21 +674,30 @@ class RestoreFlow:
         if problems:
             raise RestoreError("preflight failed: " + "; ".join(problems),
                                hint="nothing was changed")
-        ensure_store_dir(self.cfg.backup_dir)
-        with StoreLock(self.cfg.backup_dir, f"dcb restore {plan.set.id}"):
+        with StoreLock.for_config(self.cfg, f"dcb restore {plan.set.id}"):
             from dcb.services.undo_flow import recover, release_expired
 
             if not self.target.sandbox:
                 recover(self.cfg, self.gw, self.report, self.target)
                 release_expired(self.cfg, self.gw, self.report)
-            return RestoreRun(self, plan, new_restore_id(self.root)).execute()
+            rid = new_restore_id(self.root, also=tuple(self.state.incident_dirs()))
+            return RestoreRun(self, plan, rid).execute()
 
 
 def compare_tree(root: Path, listing: Listing) -> list[str]:
-    """Differences between a directory and an archive's listing (type, mode, owner, size)."""
+    """Differences between a directory and an archive's listing: type, owner, mode, size,
+    mtime, symlink target, hard links, extended attributes (ACLs and capabilities too)."""
     diffs: list[str] = []
     expected = listing.files()
     seen: set[str] = set()
+    if listing.root is not None:
+        r = listing.root
+        st = root.stat()
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (r.uid, r.gid, r.mode):
+            diffs.append(f".: owner {st.st_uid}:{st.st_gid} mode {oct(st.st_mode & 0o7777)}, "
+                         f"archive {r.uid}:{r.gid} {oct(r.mode)}")
+        elif read_xattrs(str(root), r.xattrs) != r.xattrs:
+            diffs.append(".: extended attributes or ACLs differ from the archive")
     for dirpath, dirnames, filenames in os.walk(root):
         for n in (*dirnames, *filenames):
             full = Path(dirpath) / n
@@ -604,8 +708,8 @@ def compare_tree(root: Path, listing: Listing) -> list[str]:
                 diffs.append(f"{rel}: not in the archive")
                 continue
             st = full.lstat()
-            kind = ("symlink" if full.is_symlink() else "dir" if full.is_dir()
-                    else "file")
+            kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode)
+                    else "file" if stat.S_ISREG(st.st_mode) else "special file")
             etype = "file" if e.type == "hardlink" else e.type
             if kind != etype:
                 diffs.append(f"{rel}: is a {kind}, archive has a {e.type}")
@@ -617,6 +721,13 @@ def compare_tree(root: Path, listing: Listing) -> list[str]:
                 diffs.append(f"{rel}: {st.st_size} bytes, archive {e.size}")
             elif kind == "symlink" and os.readlink(full) != e.linkname:
                 diffs.append(f"{rel}: link to {os.readlink(full)}, archive {e.linkname}")
+            elif kind != "dir" and int(st.st_mtime) != e.mtime:
+                diffs.append(f"{rel}: modified at {int(st.st_mtime)}, archive {e.mtime}")
+            elif e.type == "hardlink" and e.linkname is not None and not os.path.samefile(
+                    full, root / e.linkname):
+                diffs.append(f"{rel}: not a hard link to {e.linkname}")
+            elif e.type != "hardlink" and read_xattrs(str(full), e.xattrs) != e.xattrs:
+                diffs.append(f"{rel}: extended attributes or ACLs differ from the archive")
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
     diffs += [f"{p}: missing" for p in expected if p not in seen]
     return diffs
@@ -636,7 +747,8 @@ class _HashingReader:
     """The artifact's file, hashed (SHA-256) and counted as it is read, honouring cancel."""
 
     def __init__(self, path: Path, meter: ByteMeter, cancel: threading.Event) -> None:
-        self.f = open(path, "rb")  # noqa: SIM115 - closed by __exit__
+        # Never through a symlink: a set's files are input (services/artifacts.py).
+        self.f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
         self.sha = hashlib.sha256()
         self.meter = meter
         self.cancel = cancel
@@ -711,12 +823,14 @@ def _read_chunks(f: Any, cancel: threading.Event, meter: ByteMeter | None = None
         yield b
 
 
-def new_restore_id(root: Path, now: datetime | None = None) -> str:
-    """``restore-YYYYMMDDTHHMMSSZ`` (``-2``, ``-3`` for restores in the same second)."""
+def new_restore_id(root: Path, now: datetime | None = None,
+                   also: tuple[Path, ...] = ()) -> str:
+    """``restore-YYYYMMDDTHHMMSSZ`` (``-2``, ``-3`` for restores in the same second), unused
+    in the state dir ``root`` and in the incident log dirs ``also``."""
     base = (now or datetime.now(UTC)).strftime("restore-%Y%m%dT%H%M%SZ")
     rid, n = base, 1
-    while (root / RESTORES_DIR / f"{rid}.json").exists() or \
-            (root / "undo" / f"{rid}.json").exists():
+    dirs = (root / RESTORES_DIR, root / UNDO_DIR, *also)
+    while any((d / f"{rid}.json").exists() for d in dirs):
         n += 1
         rid = f"{base}-{n}"
     return rid

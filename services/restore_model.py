@@ -5,7 +5,6 @@ what the restore will change (the blast radius), and the report. Frozen where it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dcb.services.config import Config
@@ -16,16 +15,8 @@ from dcb.services.store import Artifact, BackupSet
 if TYPE_CHECKING:
     from dcb.services.restore_steps import Step
 
-RESTORES_DIR = "restores"
-
-
 class RestoreError(DcbError):
     pass
-
-
-def state_root(cfg: Config) -> Path:
-    """Where restores keep their incident logs, undo points and stopped-container ledger."""
-    return cfg.backup_dir
 
 
 @dataclass(frozen=True)
@@ -47,6 +38,19 @@ class Target:
         return cls(postgres_container=s.postgres_container, postgres_user=s.postgres_user,
                    password=cfg.postgres_password(), volumes={v: v for v in s.volumes},
                    app_containers=s.app_containers, postgres_data_volume=s.postgres_data_volume)
+
+
+def pg_data_artifact(artifacts: tuple[Artifact, ...] | list[Artifact],
+                     configured: str) -> Artifact | None:
+    """The volume artifact holding PostgreSQL's data directory: taken with pg_basebackup
+    (whatever the volume's name), or a legacy set's raw copy of ``postgres_data_volume``."""
+    for a in artifacts:
+        if a.kind != "volume":
+            continue
+        if a.source.get("method") == "pg_basebackup" or (
+                a.source.get("legacy") and a.name == configured):
+            return a
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,20 @@ class RestorePlan:
     staged: bool = False
     """Volumes extracted into their undo volumes and databases into temporary ones while the
     stack runs, then swapped in by renames: the app is down for seconds."""
+    volume_targets: dict[str, str] = field(default_factory=dict)
+    """Volume in the set -> the Docker volume it is restored into (PostgreSQL's data volume:
+    the one its container mounts, whatever the names)."""
+    pg_data: str | None = None
+    """The volume in the set that is PostgreSQL's data volume (restored with the server
+    stopped), if selected."""
+    pg_data_subdir: str = "."
+    """Where in that volume the data directory is (``PGDATA`` below the mount)."""
+
+    def docker_volume(self, name: str) -> str:
+        return self.volume_targets[name]
+
+    def is_pg_data(self, a: Artifact) -> bool:
+        return a.kind == "volume" and a.name == self.pg_data
 
     @property
     def confirm_token(self) -> str:
@@ -131,6 +149,7 @@ class RestorePlan:
             "missing_containers": list(self.missing_containers),
             "estimate_seconds": round(self.estimate_seconds, 1), "notes": list(self.notes),
             "delta": self.delta, "staged": self.staged,
+            "volume_targets": dict(self.volume_targets), "postgres_data_volume": self.pg_data,
             "checks": [c.to_json() for c in self.checks],
             "steps": [s.to_json() for s in self.steps],
         }

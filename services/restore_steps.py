@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from dcb.services import faults
 from dcb.services.artifacts import CHUNK, open_decompressed
-from dcb.services.backup import BackupRequest, BackupRun, append_history
+from dcb.services.backup import BackupRequest, BackupRun
+from dcb.services.docker_exec import StepGuard
+from dcb.services.encryption import is_encrypted
 from dcb.services.errors import Cancelled, DcbError, NotFound
 from dcb.services.host_extract import extract_validated, gnu_tar
 from dcb.services.pg_objects import (
@@ -38,13 +40,19 @@ from dcb.services.pg_objects import (
     roles_script,
 )
 from dcb.services.progress import ByteMeter, LogLine, StageFailed, StageFinished, StageStarted
-from dcb.services.restore_model import RESTORES_DIR, RestoreError, RestoreReport, StepRecord
+from dcb.services.restore_model import (
+    RestoreError,
+    RestoreReport,
+    StepRecord,
+    pg_data_artifact,
+)
 from dcb.services.safe_tar import (
     Listing,
     clear_directory,
     extract_archive,
     remove_extraneous,
 )
+from dcb.services.state import RESTORES_DIR
 from dcb.services.store import Artifact
 from dcb.services.undo import (
     REPLACED,
@@ -73,7 +81,29 @@ STAGED_PREFIX = ".dcb-restore-staged-"
 """Dumps staged in PostgreSQL's data volume for ``pg_restore -j2``; any left by a killed run
 are removed by the next one (services/undo_flow.py)."""
 LEGACY_STAGED_PREFIX = ".dcb-restore-"
+KEEPER = ('f="$1"; trap \'rm -f "$f"\' EXIT; trap "exit 143" TERM INT HUP; '
+          "while read -r _; do :; done")
+"""Removes the staged dump ``$1`` when its stdin ends (see ``RestoreRun.stage_dump``)."""
 NOTHING_CHANGED = "nothing was changed"
+
+
+@dataclass
+class StagedDump:
+    host: str
+    """The file through the volume's mountpoint."""
+    inside: str
+    """The same file as the PostgreSQL container sees it."""
+    keeper: Any
+    """The container's shell that removes it when its stdin ends."""
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError, DcbError):
+            self.keeper.close_stdin()
+            self.keeper.read_all()
+            self.keeper.wait(60)
+        self.keeper.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.host)
 
 
 @dataclass(frozen=True)
@@ -109,9 +139,10 @@ class StartPostgresStep(Step):
         except Exception as e:
             raise RestoreError(f"could not start {name}: {e}") from None
         try:
-            run.pg.wait_ready(timeout=120)
+            run.pg.wait_ready(timeout=run.cfg.timeouts.postgres_ready)
         except DcbError as e:
-            data = run.target.postgres_data_volume
+            art = pg_data_artifact(run.plan.set.artifacts, run.target.postgres_data_volume)
+            data = art.name if art else run.target.postgres_data_volume
             raise RestoreError(
                 f"PostgreSQL in {name} does not come up: {e.message}",
                 hint=f"its data may be damaged: restore its data volume too (--volume {data}), "
@@ -128,7 +159,7 @@ class UndoPointStep(Step):
         plan = run.plan
         point = UndoPoint(restore_id=run.rid, set_id=plan.set.id, created_at=now_iso(),
                           mode="move", postgres_container=run.target.postgres_container,
-                          postgres_data_volume=run.target.postgres_data_volume)
+                          postgres_data_volume=plan.pg_data or "")
         for a in plan.databases:
             name = plan.target_db or a.name
             if plan.stops_postgres:
@@ -141,13 +172,15 @@ class UndoPointStep(Step):
                 allow_connections=info.allow_connections if info else True,
                 size_bytes=info.size_bytes if info else None))
         for a in plan.volumes:
-            docker_name = run.target.volumes[a.name]
+            docker_name = plan.docker_volume(a.name)
             try:
                 run.gw.volume(docker_name)
                 existed = True
             except NotFound:
                 existed = False
-            point.volumes.append(VolumeItem(a.name, docker_name, None, existed))
+            point.volumes.append(VolumeItem(a.name, docker_name, None, existed,
+                                            subdir=plan.pg_data_subdir if plan.is_pg_data(a)
+                                            else "."))
         run.point = point
         run.save_point()
         for item in point.volumes:
@@ -174,14 +207,14 @@ class SafetySetStep(Step):
         names = run.pg.database_names() if plan.databases and run.flow._pg_running() else set()
         point = UndoPoint(restore_id=run.rid, set_id=plan.set.id, created_at=now_iso(),
                           mode="safety", postgres_container=run.target.postgres_container,
-                          postgres_data_volume=run.target.postgres_data_volume)
+                          postgres_data_volume=plan.pg_data or "")
         for a in plan.databases:
             name = plan.target_db or a.name
             point.databases.append(DbItem(name, undo_db_name(name, run.rid),
                                           existed=name in names,
                                           covered_by_volume=plan.stops_postgres))
         for a in plan.volumes:
-            docker_name = run.target.volumes[a.name]
+            docker_name = plan.docker_volume(a.name)
             try:
                 run.gw.volume(docker_name)
                 existed = True
@@ -237,7 +270,7 @@ class VolumeStep(Step):
 
     def run(self, run: RestoreRun) -> str:
         a = run.artifact("volume", self.name)
-        docker_name = run.target.volumes[a.name]
+        docker_name = run.plan.docker_volume(a.name)
         gw = run.gw
         try:
             info = gw.volume(docker_name)
@@ -248,9 +281,11 @@ class VolumeStep(Step):
         if not mountpoint_usable(info.mountpoint):
             raise RestoreError(f"volume {docker_name}: cannot write its mountpoint "
                                f"{info.mountpoint}", hint="run dcb as root on the Docker host")
-        dest = Path(info.mountpoint)
+        pg_data = run.plan.is_pg_data(a)
+        # PostgreSQL's data directory: below the mount when PGDATA says so.
+        dest = Path(info.mountpoint) / (run.plan.pg_data_subdir if pg_data else ".")
         # PostgreSQL's data dir is always rewritten whole: its files change in place.
-        delta = run.plan.delta and a.name != run.target.postgres_data_volume
+        delta = run.plan.delta and not pg_data
         item = run.point_volume(a.name)
         validated = run.plan.listings.get(a.name)
         if validated is None and not delta:
@@ -260,6 +295,8 @@ class VolumeStep(Step):
             move_aside(gw, item)
             run.save_point()
         elif not delta:
+            if not dest.exists():
+                make_data_dir(dest)
             clear_directory(dest)
         meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
         how = ""
@@ -287,6 +324,15 @@ class VolumeStep(Step):
         run.volume_diffs[a.name] = compare_tree(dest, listing)
         kept = "; previous contents kept in the undo point" if item and item.moved else ""
         return f"{len(listing.entries)} entries{how}{kept}"
+
+
+def make_data_dir(path: Path) -> None:
+    """PostgreSQL's data directory below its volume's root, missing (the volume was emptied):
+    owned like the volume's root, mode 0700 as PostgreSQL requires."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    st = os.lstat(path.parent)
+    os.mkdir(path, 0o700)
+    os.chown(path, st.st_uid, st.st_gid)
 
 
 def read_through(run: RestoreRun, a: Artifact) -> tuple[Listing, str]:
@@ -393,7 +439,7 @@ class SwapStep(Step):
         return ""
 
     def _databases(self, run: RestoreRun) -> None:
-        pg = run.pg
+        pg = run.base_pg  # a few renames: never cut half-way by Ctrl-C
         names = pg.database_names()
         script: list[str] = []
         kept = []
@@ -408,7 +454,7 @@ class SwapStep(Step):
         try:
             pg.run_script("\n".join(script) + "\n", what="swapping in the databases")
         finally:
-            now = pg.database_names()
+            now = run.base_pg.database_names()
             for item in kept:
                 item.swapped = item.name in now and item.undo_name in now
             for target, tmp in run.staged_dbs.items():
@@ -429,7 +475,7 @@ class PostgresReadyStep(Step):
             if not run.target.sandbox:
                 run.flow.ledger.clear([name])
             run.pg_stopped = False
-        run.pg.wait_ready(timeout=120)
+        run.pg.wait_ready(timeout=run.cfg.timeouts.postgres_ready)
         return ""
 
 
@@ -498,12 +544,11 @@ class DatabaseStep(Step):
                 raise Cancelled("restore cancelled")
         except BaseException:
             with contextlib.suppress(DcbError):
-                pg.query(f"DROP DATABASE IF EXISTS {ident(tmp)} WITH (FORCE)")
+                run.base_pg.query(f"DROP DATABASE IF EXISTS {ident(tmp)} WITH (FORCE)")
             raise
         finally:
             if staged is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(staged[0])
+                staged.release()
         meter.flush()
         run.expected_props[self.target] = props.renamed(self.target) if props else None
         if not self.swap:
@@ -516,14 +561,14 @@ class DatabaseStep(Step):
         run.swapped.add(f"database:{self.target}")
         return f"{meter.done} bytes replayed"
 
-    def _properties(self, run: RestoreRun, a: Artifact, staged: tuple[str, str] | None,
+    def _properties(self, run: RestoreRun, a: Artifact, staged: StagedDump | None,
                     names: set[str]) -> DatabaseProperties | None:
         """The archive's DATABASE entries; for a plain dump (which has none) those of the
         database it replaces, so it keeps its encoding, settings and grants."""
         pg = run.pg
         if a.source.get("format") == "custom":
             if staged is not None:
-                sql = pg.archive_properties_sql(path=staged[1])
+                sql = pg.archive_properties_sql(path=staged.inside)
             else:
                 with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
                     sql = pg.archive_properties_sql(chunks=_chunks(f, run))
@@ -536,7 +581,7 @@ class DatabaseStep(Step):
             return props if not props.empty else None
         return None
 
-    def _replay(self, run: RestoreRun, a: Artifact, tmp: str, staged: tuple[str, str] | None,
+    def _replay(self, run: RestoreRun, a: Artifact, tmp: str, staged: StagedDump | None,
                 meter: ByteMeter) -> None:
         pg, user = run.pg, run.target.postgres_user
         if a.source.get("format", "plain") == "custom":
@@ -546,9 +591,9 @@ class DatabaseStep(Step):
                    "-o", "/dev/null", "--no-password"]
         if staged is not None:
             # pg_restore -j2 needs a file it can seek: two cores replay the dump.
-            with pg.exec([*cmd, "-j", "2", staged[1]]) as p:
+            with pg.exec([*cmd, "-j", "2", staged.inside]) as p:
                 p.read_all()
-                code = p.wait(24 * 3600)
+                code = p.wait()
             meter.add(a.size_bytes)
         else:
             with open_decompressed(run.plan.set.path / a.file, a.compression) as f, \
@@ -563,8 +608,9 @@ class DatabaseStep(Step):
     def _swap(self, run: RestoreRun, tmp: str) -> None:
         """The old database is renamed away only now that the new one is complete: kept as
         the undo point, or dropped (no undo point, or PostgreSQL's data volume restored).
-        One psql run; if it fails half-way the old database gets its name back."""
-        pg = run.pg
+        One psql run (never cut half-way by Ctrl-C); if it fails half-way the old database
+        gets its name back."""
+        pg = run.base_pg
         names = pg.database_names()
         item = run.point_database(self.target)
         keep = item is not None and run.point is not None and run.point.mode == "move" \
@@ -704,6 +750,7 @@ class RestoreRun:
         self.done: set[str] = set()
         self._lock = threading.RLock()
         self._pg: Any = None
+        self._local = threading.local()
 
     # -- helpers the steps use ----------------------------------------------------------------
     @property
@@ -712,6 +759,14 @@ class RestoreRun:
 
     @property
     def pg(self) -> Any:
+        """The PostgreSQL gateway; inside a step, watched by the step's guard (its time limit
+        and Ctrl-C end a silent pg_restore and its server sessions at once)."""
+        guarded = getattr(self._local, "pg", None)
+        return guarded if guarded is not None else self.base_pg
+
+    @property
+    def base_pg(self) -> Any:
+        """Unguarded: for cleanup after a step was stopped."""
         if self._pg is None:
             self._pg = self.flow.pg
         return self._pg
@@ -775,33 +830,53 @@ class RestoreRun:
                     continue
                 raise RestoreError(f"could not start {n}: {e}") from None
         self.flow.ledger.clear(names)
-        deadline = time.monotonic() + 60
+        limit = self.cfg.timeouts.container_ready
+        deadline = time.monotonic() + limit if limit else None
         for n in present:
             while True:
                 info = self.gw.container(n)
                 if info.running and info.health in (None, "healthy"):
                     break
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{n} did not come back up (state {info.state}, "
-                                       f"health {info.health})")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RestoreError(f"{n} did not come back up within {limit}s (state "
+                                       f"{info.state}, health {info.health})",
+                                       hint="the data is restored; look at the container's "
+                                            "logs, or raise [timeouts] container_ready")
+                if self.stopping():
+                    raise Cancelled("restore cancelled")
                 time.sleep(0.5)
             self.events(LogLine(f"{n} is running"))
 
-    def stage_dump(self, a: Artifact) -> tuple[str, str] | None:
+    def stage_dump(self, a: Artifact) -> StagedDump | None:
         """Put a custom-format dump where the server's container can read it as a file: in
         PostgreSQL's data volume, through its mountpoint (a hard link when the backup dir is
-        on the same filesystem, else a copy), named ``.dcb-restore-staged-<restore id>-...``
-        so the next run removes it if this one is killed. None when dcb cannot (not root
-        beside the engine, or no data volume mounted): the dump is then streamed to stdin.
+        on the same filesystem, else a copy), named ``.dcb-restore-staged-<restore id>-...``.
+        None when dcb cannot (not root beside the engine, no data volume mounted, an
+        encrypted or compressed dump): the dump is then streamed to pg_restore's stdin.
+
+        The file lives exactly as long as a keeper in the container: a shell that removes it
+        when its stdin ends, which happens when dcb releases it, and also when dcb is killed
+        (Docker closes an exec's stdin when its client goes away). So a staged dump never
+        outlives the restore, even after ``kill -9``.
         """
-        if a.compression != "none":
-            return None
+        if a.compression != "none" or is_encrypted(self.plan.set.path / a.file):
+            return None  # pg_restore reads the plaintext from dcb (decrypted, decompressed)
         c = self.gw.find_container(self.target.postgres_container)
-        mount = next((m for m in (c.mounts if c else ()) if m.volume), None)
+        if c is None:
+            return None
+        from dcb.services.volumes import cluster_layout
+
+        data_volume = cluster_layout(self.gw, c).data_volume
+        mount = next((m for m in c.mounts if m.volume and m.volume == data_volume), None)
         if mount is None or not mountpoint_usable(mount.source):
             return None
         name = f"{STAGED_PREFIX}{self.rid}-{a.name}.pgdump"
         host = os.path.join(mount.source, name)
+        inside = f"{mount.destination.rstrip('/')}/{name}"
+        try:
+            keeper = self.base_pg.exec(["sh", "-c", KEEPER, "sh", inside], stdin=True)
+        except DcbError:
+            return None  # no shell in the image: streamed instead
         try:
             # Mode 0600 stays (a hard link shares the artifact's inode): pg_restore runs as
             # the container's default user, root in the official image.
@@ -812,8 +887,9 @@ class RestoreRun:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(host)
+            StagedDump(host, inside, keeper).release()
             return None
-        return host, f"{mount.destination.rstrip('/')}/{name}"
+        return StagedDump(host, inside, keeper)
 
     def verified(self) -> None:
         """The restore verified: the undo point's window starts now."""
@@ -873,8 +949,13 @@ class RestoreRun:
                 raise
 
     def _run_one(self, step: Step) -> None:
-        with self._step(step) as rec:
-            rec.detail = step.run(self) or ""
+        with self._step(step) as rec, \
+                StepGuard(step.title, self.cfg.timeouts.step, self.stopping) as guard:
+            self._local.pg = self.base_pg.with_guard(guard)
+            try:
+                rec.detail = step.run(self) or ""
+            finally:
+                self._local.pg = None
 
     @contextlib.contextmanager
     def _step(self, step: Step) -> Iterator[StepRecord]:
@@ -974,9 +1055,9 @@ class RestoreRun:
 
     # -- incident log ---------------------------------------------------------------------------
     def write_incident(self, final: bool = False) -> None:
-        root = self.flow.root
+        state = self.flow.state
         with self._lock, contextlib.suppress(OSError, DcbError):
-            d = root / RESTORES_DIR
+            d = state.root / RESTORES_DIR
             d.mkdir(mode=0o700, exist_ok=True)
             data = {"plan": self.plan.to_json(), "report": self.report.to_json(),
                     "sandbox": self.target.sandbox}
@@ -985,7 +1066,7 @@ class RestoreRun:
                 return  # the drill records itself, with its measured RTO
             raw = sum(int(a.source.get("raw_bytes") or 0)
                       for a in (*self.plan.databases, *self.plan.volumes))
-            append_history(root, {"kind": "restore",
+            state.append_history({"kind": "restore",
                                   "id": self.rid, "set_id": self.plan.set.id,
                                   "ok": self.report.ok, "seconds": self.report.seconds,
                                   "raw_bytes": raw, "error": self.report.error,

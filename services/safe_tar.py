@@ -1,22 +1,31 @@
 """Validating and extracting volume tar archives without trusting them.
 
-A volume is restored from a tar stream written by GNU tar (``--numeric-owner --sparse``),
-busybox tar or pg_basebackup. Python 3.11.7's tarfile predates the 2025 fixes to its
-extraction filters, and the ``data`` filter drops numeric owners, so tarfile is used only to
-*parse* the stream: every member is checked here and written with plain ``os`` calls.
+A volume is restored from a tar stream written by GNU tar (pax format with ``--xattrs
+--xattrs-include='*' --sparse --numeric-owner``, services/volumes.py), busybox tar or
+pg_basebackup. Python 3.11.7's tarfile predates the 2025 fixes to its extraction filters, and
+the ``data`` filter drops numeric owners, so tarfile is used only to *parse* the stream: every
+member is checked here and written with plain ``os`` calls.
 
-Rules (the same in :func:`validate_archive` and, member by member, in :func:`extract_archive`):
+Rules (the same in :func:`validate_archive`, :class:`StreamValidator` at backup time and,
+member by member, in :func:`extract_archive`):
 
 * names: not empty, no NUL, not absolute, no ``..`` component, at most 4096 bytes and 255
   bytes per component; ``./a``, ``a`` and ``a//b/.`` are normalised, so duplicates are caught;
 * types: regular (also contiguous and GNU sparse) files, directories, symlinks and hard links
   only; devices, fifos and anything else are refused;
-* symlinks: the target may not be absolute and, resolved from the link's directory through the
-  archive's own symlinks (kernel rules: 40 hops at most), may never leave the archive root;
+* symlinks are data: stored and restored verbatim, absolute or relative, whatever they point
+  at (``current -> /data/releases/42``); only a target a filesystem cannot hold (empty, NUL,
+  4096 bytes or more) is refused. Safety comes from never following a link while extracting;
 * hard links: the target is a regular file (or a hard link to one) seen earlier in the archive;
 * no member may sit below a non-directory of the archive (the "symlink, then a file through
   it" attack), in either order;
 * numeric owners fit a uid_t (and are not ``-1``, which chown reads as "keep");
+* extended attributes (pax ``SCHILY.xattr.*``): ``user.*`` (files and directories only),
+  ``trusted.*``, ``security.*`` (a ``security.capability`` must be a v2 or v3 header) and
+  POSIX ACLs as their raw ``system.posix_acl_access``/``_default`` values (numeric ids, the
+  kernel's own format, checked like the kernel's ``posix_acl_valid``; default ACLs on
+  directories only). Metadata the restore would drop (an ACL stored only as text, bsdtar's
+  ``LIBARCHIVE.xattr.*``) is refused rather than lost;
 * the stream must end with a proper end-of-archive block followed by zero padding only:
   tarfile silently stops at a damaged or missing header, which would look like a short but
   valid archive.
@@ -24,25 +33,34 @@ Rules (the same in :func:`validate_archive` and, member by member, in :func:`ext
 Extraction never follows a symlink inside the destination: every path is walked from a
 directory descriptor with ``O_NOFOLLOW``, files are created with ``O_CREAT | O_EXCL``, and
 anything already in the way of a member (a symlink, a file, a directory) is removed first,
-never written through. The destination is normally emptied with :func:`clear_directory`
-first; existing entries that the archive does not name are kept.
+never written through. Metadata goes on in the order the kernel needs: data, owner (chown
+clears setuid/setgid and file capabilities), mode, extended attributes and ACLs, the
+capability last, mtime. Directories get theirs at the end, deepest first, so no default ACL
+is inherited by what is extracted into them. The destination is normally emptied with
+:func:`clear_directory` first; existing entries that the archive does not name are kept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import decimal
+import errno
 import os
+import queue
 import re
 import shutil
 import stat
+import struct
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 
-from dcb.services.errors import DcbError
+import zstandard
+
+from dcb.services.errors import Cancelled, DcbError
 
 FILE = "file"
 DIR = "dir"
@@ -51,14 +69,12 @@ HARDLINK = "hardlink"
 
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
-MAX_SYMLINK_HOPS = 40  # Linux MAXSYMLINKS
 MAX_REPORTED = 10
 CHUNK = 1024 * 1024
 _STREAM_BUFSIZE = 64 * 1024  # tarfile's read size: 10 KiB by default; 1 MiB hurts small files
-_MAX_PAX_BYTES = 64 * 1024  # a pax header of ours holds at most two 4 KiB paths
+_MAX_PAX_BYTES = 1024 * 1024  # two 4 KiB paths and extended attributes (64 KiB each at most)
 _MAX_GNU_LONG_BYTES = 64 * 1024
 _MAX_DIGIT_RUN = 256  # Python < 3.11.10 pax parsing is quadratic in long digit runs
-_MAX_RESOLVE_STEPS = 20_000
 _FD_CACHE_LIMIT = 64
 _MAX_ID = 2**32 - 2  # 2**32 - 1 is (uid_t) -1: "do not change" for chown
 _NS = 1_000_000_000
@@ -74,7 +90,23 @@ _SPECIAL_NAMES = {
 }
 _PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 _PAX_LENGTH = re.compile(rb"([0-9]{1,20}) ")
-_DIGITS = re.compile(rb"[0-9]+")
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (_MAX_DIGIT_RUN + 1))
+
+# Extended attributes, as GNU tar stores them in pax records (``--xattrs``).
+XATTR_RECORD = "SCHILY.xattr."
+ACL_ACCESS = "system.posix_acl_access"
+ACL_DEFAULT = "system.posix_acl_default"
+CAPABILITY = "security.capability"
+_XATTR_NAME_MAX = 255  # Linux XATTR_NAME_MAX
+_XATTR_SIZE_MAX = 65536  # Linux XATTR_SIZE_MAX
+_XATTR_NAMESPACES = ("user.", "trusted.", "security.")
+_ACL_TEXT = {"SCHILY.acl.access": ACL_ACCESS, "SCHILY.acl.default": ACL_DEFAULT}
+_DROPPED_RECORDS = ("LIBARCHIVE.xattr.", "RHT.", "SCHILY.fflags")
+_XATTR_ESCAPE = re.compile(r"%(3D|25)")
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+_CAP_REVISION_MASK = 0xFF000000
+_CAP_SIZES = {0x02000000: 20, 0x03000000: 24}  # VFS_CAP_REVISION_2/3 -> XATTR_CAPS_SZ_2/3
 
 # Undocumented tarfile exceptions (not in typeshed); tarfile hides them behind a silent stop.
 _HeaderError = tarfile.HeaderError
@@ -116,6 +148,9 @@ class Entry:
     """Seconds since the epoch (floor; extraction keeps a pax header's nanoseconds)."""
     linkname: str | None
     """Symlink target as stored, or the normalised path of a hard link's target."""
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    """Extended attributes by name (ACLs as ``system.posix_acl_*``), sorted; a hard link's
+    are its target's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +230,9 @@ def _pax_problem(data: bytes) -> str | None:
         if not keyword or not eq:
             return "malformed pax header"
         pos += length
-    if any(m.end() - m.start() > _MAX_DIGIT_RUN for m in _DIGITS.finditer(data)):
-        return "pax header with an overlong number"
+    if _LONG_DIGITS.search(data):
+        return (f"pax header with a run of more than {_MAX_DIGIT_RUN} digits (Python 3.11's "
+                "tarfile would parse it in quadratic time)")
     return None
 
 
@@ -214,11 +250,34 @@ def _open_stream(stream: BinaryIO) -> Iterator[_TarFile]:
     except Exception as e:
         raise CorruptArchive(f"not a readable tar stream: {e}",
                              hint="the artifact is damaged or not a tar archive") from None
+    skip = getattr(stream, "skip", None)
+    if callable(skip):
+        _skip_at_source(tf.fileobj, skip)
     try:
         yield tf
     finally:
         with contextlib.suppress(Exception):
             tf.close()
+
+
+def _skip_at_source(s: Any, skip: Callable[[int], int]) -> None:
+    """Make tarfile's stream skip member data at the source instead of reading it through
+    its buffer 64 KiB at a time (three copies of every byte). Only for sources that are read
+    anyway (the backup's in-line check): the data is not looked at, just passed over."""
+    def seek(pos: int = 0) -> int:
+        ahead = pos - s.pos
+        if ahead < 0:
+            raise tarfile.StreamError("seeking backwards is not allowed")
+        held = len(s.buf)
+        if ahead <= held:
+            s.buf = s.buf[ahead:]
+        else:
+            s.buf = b""
+            skip(ahead - held)  # short at the end of the stream: the next read says so
+        s.pos = pos
+        return pos
+
+    s.seek = seek
 
 
 def _next_member(tf: _TarFile, last: str | None) -> tarfile.TarInfo | None:
@@ -315,6 +374,96 @@ def _sparse_problem(regions: list[tuple[int, int]], size: int) -> str | None:
     return None
 
 
+def _acl_problem(value: bytes) -> str | None:
+    """Why the kernel would refuse this ``system.posix_acl_*`` value (``posix_acl_valid``)."""
+    if len(value) < 4 or (len(value) - 4) % 8 or struct.unpack_from("<I", value)[0] != 2:
+        return "not a version 2 POSIX ACL"
+    state, needs_mask = _ACL_USER_OBJ, False
+    for tag, perm, ident in struct.iter_unpack("<HHI", value[4:]):
+        if perm & ~7:
+            return "ACL entry with unknown permission bits"
+        if tag in (_ACL_USER, _ACL_GROUP):
+            if ident > _MAX_ID:
+                return f"ACL entry for id {ident}"
+            needs_mask = True
+        if tag == _ACL_USER_OBJ and state == _ACL_USER_OBJ:
+            state = _ACL_USER
+        elif tag == _ACL_USER and state == _ACL_USER:
+            pass
+        elif tag == _ACL_GROUP_OBJ and state == _ACL_USER:
+            state = _ACL_GROUP
+        elif tag == _ACL_GROUP and state == _ACL_GROUP:
+            pass
+        elif tag == _ACL_MASK and state == _ACL_GROUP:
+            state = _ACL_OTHER
+        elif tag == _ACL_OTHER and (state == _ACL_OTHER or (state == _ACL_GROUP
+                                                            and not needs_mask)):
+            state = 0
+        else:
+            return "ACL entries out of order or incomplete"
+    if state != 0 and len(value) > 4:
+        return "ACL entries out of order or incomplete"
+    return None
+
+
+def _xattr_problem(name: str, value: bytes, kind: str) -> str | None:
+    """Why the restore could not set this extended attribute on a member of ``kind``."""
+    try:
+        raw = os.fsencode(name)
+    except UnicodeError:
+        return "cannot be encoded"
+    if not raw or b"\0" in raw or len(raw) > _XATTR_NAME_MAX:
+        return "bad name"
+    if len(value) > _XATTR_SIZE_MAX:
+        return f"value longer than {_XATTR_SIZE_MAX} bytes"
+    if name in (ACL_ACCESS, ACL_DEFAULT):
+        if kind == SYMLINK:
+            return "an ACL on a symlink"
+        if name == ACL_DEFAULT and kind != DIR:
+            return "a default ACL on something else than a directory"
+        return _acl_problem(value)
+    prefix = next((ns for ns in _XATTR_NAMESPACES if name.startswith(ns)), None)
+    if prefix is None:
+        return "in a namespace the restore cannot write"
+    if name == prefix:
+        return "empty name"
+    if prefix == "user." and kind not in (FILE, DIR, HARDLINK):
+        return f"user.* attributes exist only on files and directories, not on a {kind}"
+    if name == CAPABILITY:
+        magic = struct.unpack_from("<I", value)[0] if len(value) >= 4 else 0
+        if _CAP_SIZES.get(magic & _CAP_REVISION_MASK) != len(value):
+            return "not a v2 or v3 file capability"
+    return None
+
+
+def _xattrs(ti: tarfile.TarInfo, kind: str,
+            bad: Callable[[str], None]) -> tuple[tuple[str, bytes], ...]:
+    """A member's extended attributes from its pax records, each checked."""
+    headers = ti.pax_headers
+    if not headers:
+        return ()
+    found: dict[str, bytes] = {}
+    for key, text in headers.items():
+        if key.startswith(XATTR_RECORD):
+            # GNU tar escapes '%' and '=' in names; values are raw bytes (tarfile decoded
+            # them with surrogateescape, so encoding gives them back exactly).
+            name = _XATTR_ESCAPE.sub(lambda m: "=" if m.group(1) == "3D" else "%",
+                                     key[len(XATTR_RECORD):])
+            value = text.encode("utf-8", "surrogateescape")
+            why = _xattr_problem(name, value, kind)
+            if why:
+                bad(f"extended attribute {name!r}: {why}")
+            else:
+                found[name] = value
+        elif key.startswith(_DROPPED_RECORDS):
+            bad(f"pax record {key!r} holds metadata the restore cannot apply")
+    for key, name in _ACL_TEXT.items():
+        if key in headers and f"{XATTR_RECORD}{name}" not in headers:
+            bad(f"an ACL stored only as text ({key}), which the restore does not apply; "
+                "archive with --xattrs --xattrs-include='*'")
+    return tuple(sorted(found.items()))
+
+
 @dataclass(frozen=True, slots=True)
 class _Member:
     entry: Entry
@@ -324,15 +473,19 @@ class _Member:
 
 
 class _Validator:
-    """The rules, applied member by member; also tracks what later members may refer to."""
+    """The rules, applied member by member; also tracks what later members may refer to.
 
-    def __init__(self) -> None:
+    ``keep``: remember every entry for :meth:`listing` (a restore compares against it); a
+    backup only needs each path's type, which keeps its memory small.
+    """
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
         self.entries: list[Entry] = []
-        self.by_path: dict[str, Entry] = {}
+        self.count = 0
+        self.kinds: dict[str, str] = {}
         self.root: Entry | None = None
         self.parents: set[str] = set()  # every path some member sits below
-        self.symlinks: dict[str, str] = {}
-        self.watchers: dict[str, set[str]] = {}  # path -> symlinks whose resolution met it
 
     def check(self, ti: tarfile.TarInfo) -> tuple[_Member | None, list[str]]:
         name = ti.name
@@ -366,19 +519,22 @@ class _Validator:
         sparse = _sparse_map(ti) if kind == FILE else None
         if sparse is not None and (p := _sparse_problem(sparse, ti.size)):
             bad(p)
+        xattrs = _xattrs(ti, kind, bad)
         if path is None:
             return None, problems
 
         linkname: str | None = None
         if kind == SYMLINK:
             linkname = ti.linkname
+            if why := _symlink_problem(linkname):
+                bad(why)
         elif kind == HARDLINK:
             linkname, why = _normalise(ti.linkname)
             if linkname is None:
                 bad(f"hard link target {ti.linkname!r}: {why}")
         mtime_ns = _mtime_ns(ti)
         entry = Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size,
-                      mtime_ns // _NS, linkname)
+                      mtime_ns // _NS, linkname, xattrs)
 
         if path == ".":
             if kind != DIR:
@@ -389,7 +545,7 @@ class _Validator:
                 self.root = entry
             return (_Member(entry, mtime_ns, None, 0) if not problems else None), problems
 
-        if path in self.by_path:
+        if path in self.kinds:
             bad("duplicate entry" + (f" (same path as {path!r})" if path != name else ""))
             return None, problems
         if kind != DIR and path in self.parents:
@@ -399,90 +555,44 @@ class _Validator:
             parts = path.split("/")
             for i in range(1, len(parts)):
                 anc = "/".join(parts[:i])
-                e = self.by_path.get(anc)
-                if e is not None and e.type != DIR:
-                    bad(f"its parent {anc!r} is a {e.type} in the archive")
+                k = self.kinds.get(anc)
+                if k is not None and k != DIR:
+                    bad(f"its parent {anc!r} is a {k} in the archive")
                     break
                 self.parents.add(anc)
 
-        if kind == SYMLINK:
-            self._check_symlink(path, ti.linkname, bad)
-        elif kind == HARDLINK and linkname is not None:
-            target = self.by_path.get(linkname)
+        if kind == HARDLINK and linkname is not None:
+            target = self.kinds.get(linkname)
             if target is None:
                 bad(f"hard link to {ti.linkname!r}, which is not an earlier member")
-            elif target.type not in (FILE, HARDLINK):
-                bad(f"hard link to {ti.linkname!r}, which is a {target.type}")
+            elif target not in (FILE, HARDLINK):
+                bad(f"hard link to {ti.linkname!r}, which is a {target}")
 
-        self.by_path[path] = entry
-        self.entries.append(entry)
+        self.kinds[path] = kind
+        self.count += 1
+        if self.keep:
+            self.entries.append(entry)
         member = _Member(entry, mtime_ns, sparse, ti.offset_data)
         return (member if not problems else None), problems
 
-    def _check_symlink(self, path: str, target: str, bad: Callable[[str], None]) -> None:
-        if not target:
-            bad("symlink with an empty target")
-            return
-        if "\0" in target:
-            bad("NUL byte in the symlink target")
-            return
-        if target.startswith("/"):
-            bad(f"symlink to the absolute path {target!r} (absolute symlinks are refused: "
-                "after a restore they would point outside the volume)")
-            return
-        try:
-            raw = os.fsencode(target)
-        except UnicodeError:
-            bad("symlink target cannot be encoded")
-            return
-        if len(raw) >= MAX_PATH_BYTES:
-            bad(f"symlink target longer than {MAX_PATH_BYTES - 1} bytes")
-            return
-        self.symlinks[path] = target
-        why = self._resolve(path)
-        if why:
-            bad(f"symlink to {target!r} {why}")
-            del self.symlinks[path]
-            return
-        # Links resolved earlier through this path (then a plain directory) must be redone.
-        for other in sorted(self.watchers.pop(path, ())):
-            if other in self.symlinks and (why := self._resolve(other)):
-                bad(f"makes the earlier symlink {other!r} -> {self.symlinks[other]!r} {why}")
-
-    def _resolve(self, link: str) -> str | None:
-        """None if ``link`` stays inside the root, else why not; records what it met."""
-        stack = link.split("/")[:-1]
-        pending = self.symlinks[link].split("/")
-        pending.reverse()
-        hops = steps = 0
-        while pending:
-            steps += 1
-            if steps > _MAX_RESOLVE_STEPS:
-                return "takes too many steps to resolve"
-            part = pending.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not stack:
-                    return "resolves outside the archive root"
-                stack.pop()
-                continue
-            stack.append(part)
-            here = "/".join(stack)
-            self.watchers.setdefault(here, set()).add(link)
-            target = self.symlinks.get(here)
-            if target is not None:
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    return "is part of a symlink loop (or too many levels of symlinks)"
-                stack.pop()
-                more = target.split("/")
-                more.reverse()
-                pending.extend(more)
-        return None
-
     def listing(self) -> Listing:
         return Listing(tuple(self.entries), self.root)
+
+
+def _symlink_problem(target: str) -> str | None:
+    """Why no filesystem could hold this symlink target. Anything else is kept verbatim:
+    after a restore the link is read by the application, never followed by dcb."""
+    if not target:
+        return "symlink with an empty target"
+    if "\0" in target:
+        return "NUL byte in the symlink target"
+    try:
+        raw = os.fsencode(target)
+    except UnicodeError:
+        return "symlink target cannot be encoded"
+    if len(raw) >= MAX_PATH_BYTES:
+        return f"symlink target longer than {MAX_PATH_BYTES - 1} bytes"
+    return None
 
 
 def _unsafe(problems: list[str], hint: str) -> UnsafeArchive:
@@ -492,13 +602,26 @@ def _unsafe(problems: list[str], hint: str) -> UnsafeArchive:
     return UnsafeArchive(f"unsafe tar archive: {text}", hint=hint, problems=tuple(problems))
 
 
-def validate_archive(stream: BinaryIO) -> Listing:
+RESTORE_HINT = "nothing was extracted; the archive is not restored"
+
+
+def validate_archive(stream: BinaryIO, *, hint: str = RESTORE_HINT) -> Listing:
     """Read a whole uncompressed tar stream and check every member before anything is written.
 
     All problems are collected; :class:`UnsafeArchive` names up to ten of them. A damaged
     or truncated stream raises :class:`CorruptArchive` at once.
     """
-    v = _Validator()
+    return _validate(stream, _Validator(), hint).listing()
+
+
+def check_archive(stream: BinaryIO, *, hint: str = RESTORE_HINT) -> int:
+    """:func:`validate_archive` without keeping the listing (any archive size in little
+    memory): the number of members checked, the root included."""
+    v = _validate(stream, _Validator(keep=False), hint)
+    return v.count + (v.root is not None)
+
+
+def _validate(stream: BinaryIO, v: _Validator, hint: str) -> _Validator:
     problems: list[str] = []
     last: str | None = None
     with _open_stream(stream) as tf:
@@ -506,8 +629,184 @@ def validate_archive(stream: BinaryIO) -> Listing:
             problems += v.check(ti)[1]
             last = ti.name
     if problems:
-        raise _unsafe(problems, "nothing was extracted; the archive is not restored")
-    return v.listing()
+        raise _unsafe(problems, hint)
+    return v
+
+
+_EOF = object()
+_STOP = object()
+_QUEUE_CHUNKS = 8
+_BATCH = 1024 * 1024
+
+
+class _QueueReader:
+    """The read end of :class:`StreamValidator`: chunks handed over by another thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self.buf = b""
+        self.pos = 0
+        self.eof = False
+
+    def _fill(self) -> bool:
+        """Make the current chunk non-empty; False at the end of the stream."""
+        while self.pos >= len(self.buf):
+            if self.eof:
+                return False
+            item = self.queue.get()
+            if item is _STOP:
+                raise Cancelled("archive check stopped")
+            if item is _EOF:
+                self.eof = True
+                return False
+            assert isinstance(item, bytes)
+            self.buf, self.pos = item, 0
+        return True
+
+    def skip(self, n: int) -> int:
+        left = n
+        while left and self._fill():
+            take = min(len(self.buf) - self.pos, left)
+            self.pos += take
+            left -= take
+        return n - left
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._fill():
+            return b""
+        if self.pos == 0 and (n < 0 or n >= len(self.buf)):
+            out, self.buf = self.buf, b""  # hand the chunk over whole: no copy
+            return out
+        end = len(self.buf) if n < 0 else min(len(self.buf), self.pos + n)
+        out = self.buf[self.pos:end]
+        self.pos = end
+        return out
+
+
+class _Counting:
+    """Counts the bytes of tar checked; skips without copying where its source can."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.n = 0
+        self._scratch: memoryview | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        b: bytes = self.f.read(n)
+        self.n += len(b)
+        return b
+
+    def skip(self, n: int) -> int:
+        if hasattr(self.f, "skip"):
+            done: int = self.f.skip(n)
+        else:  # a decompressor: the bytes must be made, but need not be kept
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(CHUNK))
+            done = 0
+            while done < n:
+                got = self.f.readinto(self._scratch[:min(CHUNK, n - done)])
+                if not got:
+                    break
+                done += got
+        self.n += done
+        return done
+
+
+class StreamValidator:
+    """Checks a tar stream with the restore's rules while a backup writes it.
+
+    The backup hands over each chunk it writes (:meth:`feed`); a thread of its own parses
+    them, so nothing is read twice. ``compression="zstd"``: the chunks are a zstd stream
+    (pg_basebackup compressing in the container) and are decompressed for the check. A damaged
+    stream fails the next :meth:`feed`; members a restore would refuse are collected and
+    reported, up to ten in one line, by :meth:`finish`. Memory stays small: only each path's
+    type is kept.
+    """
+
+    def __init__(self, compression: str = "none", hint: str = RESTORE_HINT) -> None:
+        self.compression = compression
+        self.hint = hint
+        self._reader = _QueueReader()
+        self._error: BaseException | None = None
+        self._count = 0
+        self._raw = _Counting(self._reader)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dcb-tar-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            src: BinaryIO = self._reader  # type: ignore[assignment]
+            if self.compression == "zstd":
+                self._raw.f = zstandard.ZstdDecompressor().stream_reader(
+                    src, read_size=CHUNK, read_across_frames=True)
+            elif self.compression != "none":
+                raise DcbError(f"cannot check a {self.compression} stream in line")
+            self._count = _validate(self._raw, _Validator(keep=False),  # type: ignore[arg-type]
+                                    self.hint).count
+        except zstandard.ZstdError as e:
+            self._error = CorruptArchive(f"not a readable zstd stream: {e}")
+        except BaseException as e:  # handed to the feeding thread
+            self._error = e
+        finally:
+            self._done.set()
+
+    def _put(self, item: object) -> None:
+        while not self._done.is_set():
+            try:
+                self._reader.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        # The check ended before the stream did: the stream is damaged (rule breaks are
+        # only reported once everything was read).
+        if self._error is not None and not isinstance(self._error, Cancelled):
+            raise self._error
+
+    def feed(self, chunk: bytes) -> None:
+        if chunk:
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            if self._pending_bytes >= _BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Hand over what was fed as one item: tar writes 10 KiB records and Docker streams
+        frames of a few KiB, and a queue hand-over costs more than joining them."""
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._put(data)
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of tar checked (after decompression)."""
+        return self._raw.n
+
+    def finish(self) -> int:
+        """Wait for the check of everything fed; the number of members, or the error."""
+        self._flush()
+        self._put(_EOF)
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._count
+
+    def close(self) -> None:
+        """Stop the check (after an error elsewhere); idempotent."""
+        if not self._done.is_set():
+            with contextlib.suppress(queue.Full):
+                self._reader.queue.put_nowait(_STOP)
+            # A full queue: drop what is waiting so the stop marker gets in.
+            while not self._done.wait(0.05):
+                with contextlib.suppress(queue.Empty):
+                    self._reader.queue.get_nowait()
+                with contextlib.suppress(queue.Full):
+                    self._reader.queue.put_nowait(_STOP)
+        self._thread.join()
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,8 +815,65 @@ def validate_archive(stream: BinaryIO) -> Listing:
 
 def _differences(got: Entry, want: Entry) -> str:
     fields = ("path", "type", "size", "linkname", "mode", "uid", "gid", "mtime")
-    return ", ".join(f"{f} {getattr(got, f)!r} instead of {getattr(want, f)!r}"
-                     for f in fields if getattr(got, f) != getattr(want, f))
+    out = [f"{f} {getattr(got, f)!r} instead of {getattr(want, f)!r}"
+           for f in fields if getattr(got, f) != getattr(want, f)]
+    if got.xattrs != want.xattrs:
+        out.append("extended attributes differ")
+    return ", ".join(out)
+
+
+def _managed(name: str) -> bool:
+    """Attributes a restore sets exactly (others, e.g. an LSM's labels, are the host's)."""
+    return name.startswith(("user.", "trusted.", "system.posix_acl_")) or name == CAPABILITY
+
+
+def _at(pfd: int, name: str) -> str:
+    """A path naming ``name`` in directory ``pfd`` for calls without ``dir_fd`` (xattrs):
+    the directory is the descriptor's, so nothing above it is resolved again."""
+    return f"/proc/self/fd/{pfd}/{name}"
+
+
+def set_xattrs(target: int | str, xattrs: tuple[tuple[str, bytes], ...], *,
+               exact: bool = False) -> None:
+    """Set extended attributes on an open descriptor, or on a path without following its
+    last component. The file capability goes last (writing other attributes does not clear
+    it, but it is the one a chown or a write would). ``exact``: also remove the managed
+    attributes (user, trusted, ACLs, capability) that ``xattrs`` does not hold."""
+    follow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
+    if exact:
+        want = {n for n, _ in xattrs}
+        for name in os.listxattr(target, **follow):
+            if _managed(name) and name not in want:
+                with contextlib.suppress(OSError):
+                    os.removexattr(target, name, **follow)
+    cap = None
+    for name, value in xattrs:
+        if name == CAPABILITY:
+            cap = value
+        else:
+            os.setxattr(target, name, value, **follow)
+    if cap is not None:
+        os.setxattr(target, CAPABILITY, cap, **follow)
+
+
+def read_xattrs(target: int | str, also: tuple[tuple[str, bytes], ...] = ()
+                ) -> tuple[tuple[str, bytes], ...]:
+    """The managed extended attributes of a path (not following a symlink) or descriptor,
+    plus any named in ``also``, sorted like :attr:`Entry.xattrs`."""
+    follow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
+    extra = {n for n, _ in also}
+    out = []
+    try:
+        names = os.listxattr(target, **follow)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return ()
+        raise
+    for name in names:
+        if _managed(name) or name in extra:
+            with contextlib.suppress(OSError):
+                out.append((name, os.getxattr(target, name, **follow)))
+    return tuple(sorted(out))
 
 
 class _Extractor:
@@ -592,6 +948,8 @@ class _Extractor:
             self._retry(lambda: os.symlink(e.linkname or "", name, dir_fd=pfd), pfd, name)
             if self.chown:
                 os.chown(name, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+            if e.xattrs:
+                set_xattrs(_at(pfd, name), e.xattrs)
             os.utime(name, ns=(m.mtime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
         else:
             assert e.linkname is not None
@@ -603,6 +961,8 @@ class _Extractor:
             self._retry(lambda: os.link(tname, name, src_dir_fd=tfd, dst_dir_fd=pfd,
                                         follow_symlinks=False), pfd, name)
             self.inodes[e.path] = (st.st_dev, st.st_ino)
+            if e.xattrs:
+                set_xattrs(_at(pfd, name), e.xattrs)
 
     def _retry(self, create: Callable[[], None], pfd: int, name: str) -> None:
         try:
@@ -619,9 +979,14 @@ class _Extractor:
             if not stat.S_ISDIR(st.st_mode):
                 _remove_at(pfd, name)
                 os.mkdir(name, 0o700, dir_fd=pfd)
-            elif st.st_mode & 0o700 != 0o700:
-                # Kept until the end, when the archive's mode is applied.
-                os.fchmod(self.dir_fd(path), stat.S_IMODE(st.st_mode) | 0o700)
+            else:
+                fd = self.dir_fd(path)
+                if st.st_mode & 0o700 != 0o700:
+                    # Kept until the end, when the archive's mode is applied.
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+                # Nothing extracted into it may inherit an old default ACL; the archive's
+                # attributes are applied at the end.
+                _pop_default_acl(fd)
 
     def _unchanged(self, pfd: int, name: str, m: _Member) -> bool:
         """rsync's quick check: a regular file with the member's size, mtime (to the second,
@@ -639,6 +1004,7 @@ class _Extractor:
             same = same and (st.st_uid, st.st_gid) == (e.uid, e.gid)
         if same:
             self.inodes[e.path] = (st.st_dev, st.st_ino)
+            set_xattrs(_at(pfd, name), e.xattrs, exact=True)
         return same
 
     def _write_file(self, pfd: int, name: str, m: _Member, tf: tarfile.TarFile) -> None:
@@ -656,6 +1022,8 @@ class _Extractor:
             if self.chown:
                 os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, e.mode)  # after chown, which clears setuid/setgid
+            if e.xattrs:
+                set_xattrs(fd, e.xattrs)  # after chown, which clears a file capability
             os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
             st = os.fstat(fd)
             self.inodes[e.path] = (st.st_dev, st.st_ino)
@@ -679,7 +1047,18 @@ class _Extractor:
         if self.chown:
             os.fchown(fd, e.uid, e.gid)
         os.fchmod(fd, e.mode)
+        set_xattrs(fd, e.xattrs, exact=True)
         os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+
+
+def _pop_default_acl(fd: int) -> bytes | None:
+    """Remove a directory's default ACL (returned), so new entries inherit nothing."""
+    try:
+        value = os.getxattr(fd, ACL_DEFAULT)
+        os.removexattr(fd, ACL_DEFAULT)
+    except OSError:
+        return None
+    return value
 
 
 def _copy_data(tf: tarfile.TarFile, m: _Member, fd: int) -> None:
@@ -720,8 +1099,10 @@ def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = 
                     delta: bool = False) -> Listing:
     """Extract a tar stream into the existing directory ``dest`` exactly.
 
-    Numeric owners (when running as root), modes, mtimes, symlinks, hard links and empty
-    directories are restored; the ``.`` member sets ``dest``'s own owner, mode and mtime.
+    Numeric owners (when running as root), modes with setuid/setgid/sticky, mtimes,
+    symlinks (verbatim), hard links, empty directories, sparse files, extended attributes,
+    POSIX ACLs and file capabilities are restored; the ``.`` member sets ``dest``'s own owner,
+    mode, attributes and mtime.
     Every member is validated again before it is written; with ``expected`` (the listing
     :func:`validate_archive` returned for the same artifact) each member must also equal the
     validated one, in order. On an error the destination is left partly extracted.
@@ -737,6 +1118,10 @@ def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = 
     v = _Validator()
     x = _Extractor(root_fd, delta=delta)
     root: _Member | None = None
+    # The root's own attributes come from the archive's '.' member at the end (or back as
+    # they were); meanwhile nothing extracted inherits its default ACL.
+    old_default_acl = _pop_default_acl(root_fd)
+    root_done = False
     want = expected.entries if expected is not None else None
     hint = "extraction stopped at this member; the destination is incomplete"
     last: str | None = None
@@ -776,10 +1161,14 @@ def extract_archive(stream: BinaryIO, dest: Path, *, expected: Listing | None = 
                 raise _unsafe(["'.': validated, but missing from the stream"], hint)
         try:
             x.finish(root)
+            root_done = root is not None
         except (OSError, OverflowError) as err:
             raise ExtractError(f"cannot set directory metadata in {dest}: "
                                f"{_strerror(err)}") from None
     finally:
+        if old_default_acl is not None and not root_done:
+            with contextlib.suppress(OSError):
+                os.setxattr(root_fd, ACL_DEFAULT, old_default_acl)
         x.close()
         os.close(root_fd)
     return v.listing()

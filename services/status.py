@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dcb.services.config import Config
+from dcb.services.coverage import Coverage, coverage
 from dcb.services.disk import DiskUsage, disk_usage
 from dcb.services.docker_gateway import ContainerInfo, DockerGateway
 
@@ -70,9 +71,16 @@ class StackStatus:
     backup_dir: str
     backups: BackupSummary
     problems: tuple[str, ...] = field(default=())
-    """Human-readable problems (a missing container or volume)."""
+    """Human-readable problems (a missing container, volume or database): exit code 4."""
     undo_points: tuple[UndoPointStatus, ...] = field(default=())
     """Restores that can still be undone (or whose undone data waits for release)."""
+    coverage: Coverage | None = None
+    """What is and is not backed up; None when not collected."""
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is not protected, or may be inconsistent: said, but not an error."""
+        return self.coverage.warnings if self.coverage is not None else ()
 
     def to_json(self) -> dict[str, Any]:
         now = self.collected_at
@@ -112,6 +120,8 @@ class StackStatus:
             },
             "problems": list(self.problems),
             "undo_points": [u.to_json() for u in self.undo_points],
+            "warnings": list(self.warnings),
+            "coverage": self.coverage.to_json() if self.coverage is not None else None,
         }
 
 
@@ -127,8 +137,12 @@ def summarize_backups(cfg: Config) -> BackupSummary:
     return BackupSummary(count=len(sets), newest_id=newest.id, newest_created_at=newest.created_at)
 
 
-def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
-    """Ask Docker and the filesystem for the current state; raises ``DockerUnavailable``."""
+def collect_status(cfg: Config, gateway: DockerGateway, *,
+                   with_coverage: bool = True) -> StackStatus:
+    """Ask Docker and the filesystem for the current state; raises ``DockerUnavailable``.
+
+    ``with_coverage`` also lists every database and stack volume with what protects it (one
+    query in the PostgreSQL container, services/coverage.py)."""
     problems: list[str] = []
     containers: list[ContainerStatus] = []
     roles = [(cfg.stack.postgres_container, "postgres")] + [
@@ -152,9 +166,15 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
         volumes.append(VolumeStatus(name=vname, exists=True, size_bytes=sizes.get(vname),
                                     used_by=users))
 
+    from dcb.services.state import state_for
+    cov = coverage(cfg, gateway, sizes) if with_coverage else None
+    if cov is not None:
+        problems += [f"database {i.name!r} not found in {cfg.stack.postgres_container}"
+                     for i in cov.missing if i.kind == "database"]
+
     from dcb.services.stopped import StoppedLedger
 
-    for name, by in StoppedLedger(cfg.backup_dir).pending().items():
+    for name, by in StoppedLedger(state_for(cfg).root).pending().items():
         problems.append(f"{name} was stopped by an interrupted dcb {by} and not started again "
                         "(the next backup or restore starts it; or `docker start` it)")
     return StackStatus(
@@ -166,6 +186,7 @@ def collect_status(cfg: Config, gateway: DockerGateway) -> StackStatus:
         backup_dir=str(cfg.backup_dir),
         backups=summarize_backups(cfg),
         problems=tuple(problems),
+        coverage=cov,
     )
 
 

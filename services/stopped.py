@@ -1,4 +1,5 @@
-"""A ledger of containers dcb has stopped, kept in the backup dir.
+"""A ledger of containers dcb has stopped, kept in the backup dir's state dir
+(services/state.py).
 
 Written before a container is stopped and cleared once it runs again, so a dcb killed in
 between (kill -9, power loss) leaves a record: the next backup or restore starts those

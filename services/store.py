@@ -3,36 +3,58 @@
 Layout::
 
     <backup_dir>/
-        .lock                      flock'ed by the one run allowed at a time
-        history.jsonl              every run, failures included (append-only)
+        .lock                      flock'ed by the one run allowed at a time (*)
+        history.jsonl              every run, failures included (append-only) (*)
         <set id>/                  e.g. 20261126T131500Z; sortable UTC ids
             manifest.json          written last: a set without it is incomplete
             db-dart_cloud.dump.zst
             volume-functions_data.tar.zst
             ...
 
-A set counts as good only when its manifest exists, parses and says ``complete``. Sets made by
-the old bash scripts (flat ``*_YYYYMMDD_HHMMSS.sql.gz`` files) are listed as ``legacy``.
+    (*) in the state dir instead when the backup dir is read-only (services/state.py)
+
+A set counts as good only when its manifest exists, parses, passes the schema below and says
+``complete``. Sets made by the old bash scripts (flat ``*_YYYYMMDD_HHMMSS.sql.gz`` files) are
+listed as ``legacy``.
+
+A manifest is input, not trusted (sets will come from remote destinations): types, enums,
+SHA-256 digests, sizes and string lengths are checked, and every artifact file must be a plain
+name inside the set directory. A manifest that fails makes its set ``incomplete`` with the
+reason; nothing outside the set directory is ever opened because a manifest named it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dcb.services.errors import DcbError, NotFound
+from dcb.services.config import DOCKER_NAME_RE, pg_name_problem
+from dcb.services.errors import DcbError, NotFound, UsageError
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
 LOCKFILE = ".lock"
 SET_ID_RE = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+LEGACY_ID_RE = re.compile(r"^legacy-\d{8}_\d{6}$")
+# A restore's (or drill's) id: it names an incident log file, so one plain name, never a path.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MANIFEST_VERSION = 1
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
+KINDS = ("globals", "database", "volume")
+COMPRESSIONS = ("zstd", "gzip", "none")
+FORMATS = ("custom", "plain", "tar")
+STATUSES = ("complete", "failed", "incomplete")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_ARTIFACTS = 10_000
+MAX_TEXT = 4096
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -171,6 +193,7 @@ class BackupStore:
         return sets
 
     def get(self, set_id: str) -> BackupSet:
+        check_set_id(set_id)
         for s in self.list_sets():
             if s.id == set_id:
                 return s
@@ -179,7 +202,7 @@ class BackupStore:
 
     def _dcb_sets(self) -> Iterator[BackupSet]:
         for entry in os.scandir(self.root):
-            if not entry.is_dir(follow_symlinks=False) or not SET_ID_RE.match(entry.name):
+            if not entry.is_dir(follow_symlinks=False) or not SET_ID_RE.fullmatch(entry.name):
                 continue
             path = Path(entry.path)
             mpath = path / MANIFEST
@@ -224,31 +247,193 @@ class BackupStore:
                                 created_at=created, artifacts=tuple(artifacts))
 
 
+def check_set_id(set_id: str) -> str:
+    """``set_id`` if it is a set id (``20261126T020000Z``, ``legacy-20240105_020000``);
+    ``UsageError`` (exit 2) otherwise: an id never becomes a path."""
+    if not (SET_ID_RE.fullmatch(set_id) or LEGACY_ID_RE.fullmatch(set_id)):
+        raise UsageError(f"{set_id!r} is not a backup set id",
+                         hint="set ids look like 20261126T020000Z; `dcb list` shows them")
+    return set_id
+
+
+class ManifestError(DcbError):
+    """A manifest that does not parse or does not pass the schema."""
+
+
 def read_manifest(set_dir: Path) -> BackupSet:
     mpath = set_dir / MANIFEST
     try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        artifacts = tuple(Artifact.from_json(a) for a in data.get("artifacts", []))
-        created = datetime.fromisoformat(data["created_at"])
-        status = str(data.get("status", "incomplete"))
-        known = {"id", "created_at", "status", "host", "dcb_version", "duration_seconds",
-                 "error", "artifacts", "size_bytes", "path", "manifest_version"}
-        return BackupSet(
-            id=str(data.get("id", set_dir.name)),
-            path=set_dir,
-            status=status if status in ("complete", "failed") else "incomplete",
-            created_at=created,
-            artifacts=artifacts,
-            host=data.get("host"),
-            dcb_version=data.get("dcb_version"),
-            duration_seconds=data.get("duration_seconds"),
-            error=data.get("error"),
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DcbError(f"{mpath}: unreadable manifest: {e}") from None
+        data = json.loads(_read_plain_file(mpath, MANIFEST_MAX_BYTES))
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ManifestError(f"{mpath}: unreadable manifest: {reason}") from None
+    try:
+        return _from_manifest(set_dir, data)
+    except _Invalid as e:
+        raise ManifestError(f"{mpath}: invalid manifest: {e}") from None
+
+
+def _read_plain_file(path: Path, limit: int) -> str:
+    """A regular file's text, never through a symlink, at most ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError("is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode("utf-8")
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _field(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str,
+           required: bool = True, nullable: bool = False) -> Any:
+    if key not in d:
+        if required:
+            raise _Invalid(f"{where}{key} is missing")
+        return None
+    v = d[key]
+    if v is None and nullable:
+        return None
+    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _Invalid(f"{where}{key} has the wrong type")
+    if not isinstance(v, types):
+        raise _Invalid(f"{where}{key} has the wrong type")
+    if isinstance(v, str) and len(v) > MAX_TEXT:
+        raise _Invalid(f"{where}{key} is too long")
+    if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+        raise _Invalid(f"{where}{key} is negative")
+    return v
+
+
+def _enum(d: dict[str, Any], key: str, allowed: tuple[str, ...], where: str,
+          required: bool = True) -> str | None:
+    v = _field(d, key, str, where, required)
+    if v is not None and v not in allowed:
+        raise _Invalid(f"{where}{key} {v[:40]!r} is not one of {', '.join(allowed)}")
+    return v
+
+
+def _time(d: dict[str, Any], key: str, where: str, required: bool = True) -> datetime | None:
+    v = _field(d, key, str, where, required, nullable=not required)
+    if v is None:
+        return None
+    try:
+        t = datetime.fromisoformat(v)
+    except ValueError:
+        raise _Invalid(f"{where}{key} is not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise _Invalid(f"{where}{key} has no time zone")
+    return t
+
+
+def _plain_file_name(name: str) -> bool:
+    """A file directly inside the set directory: no path, no hidden or control characters."""
+    return (0 < len(name.encode("utf-8", "surrogateescape")) <= 255 and "/" not in name
+            and "\\" not in name and not name.startswith(".") and name != MANIFEST
+            and not any(ord(c) < 32 or ord(c) == 127 for c in name))
+
+
+def _artifact(a: Any, i: int) -> Artifact:
+    where = f"artifacts[{i}]."
+    if not isinstance(a, dict):
+        raise _Invalid(f"artifacts[{i}] is not an object")
+    kind = _enum(a, "kind", KINDS, where)
+    name = _field(a, "name", str, where)
+    if kind == "volume" and not DOCKER_NAME_RE.fullmatch(name):
+        raise _Invalid(f"{where}name {name[:80]!r} is not a volume name")
+    if kind == "database" and pg_name_problem(name):
+        raise _Invalid(f"{where}name {name[:80]!r} {pg_name_problem(name)}")
+    if kind == "globals" and name != "globals":
+        raise _Invalid(f"{where}name of the roles artifact must be 'globals'")
+    file = _field(a, "file", str, where)
+    if not _plain_file_name(file):
+        raise _Invalid(f"{where}file {file[:80]!r} is not a plain file name inside the set")
+    size = _field(a, "size_bytes", int, where)
+    sha = _field(a, "sha256", str, where)
+    if not SHA256_RE.fullmatch(sha):
+        raise _Invalid(f"{where}sha256 is not 64 lowercase hex digits")
+    compression = _enum(a, "compression", COMPRESSIONS, where)
+    source = _field(a, "source", dict, where, required=False, nullable=True) or {}
+    sw = f"{where}source."
+    _enum(source, "format", FORMATS, sw, required=False)
+    for key in ("raw_bytes",):
+        _field(source, key, int, sw, required=False, nullable=True)
+    for key in ("seconds",):
+        _field(source, key, (int, float), sw, required=False, nullable=True)
+    for key in ("server_version", "container", "tool", "snapshot", "method"):
+        _field(source, key, str, sw, required=False, nullable=True)
+    if source.get("legacy"):
+        raise _Invalid(f"{sw}legacy: a manifest's set is never a legacy set")
+    counts = _field(source, "row_counts", dict, sw, required=False, nullable=True)
+    for table, n in (counts or {}).items():
+        if len(table) > 1024 or not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise _Invalid(f"{sw}row_counts holds a bad entry")
+    assert kind is not None and compression is not None
+    return Artifact(kind=kind, name=name, file=file, size_bytes=size, sha256=sha,
+                    compression=compression, source=dict(source))
+
+
+KNOWN_FIELDS = {"id", "created_at", "status", "host", "dcb_version", "duration_seconds",
+                "error", "artifacts", "size_bytes", "path", "manifest_version"}
+
+
+def _from_manifest(set_dir: Path, data: Any) -> BackupSet:
+    if not isinstance(data, dict):
+        raise _Invalid("not a JSON object")
+    version = _field(data, "manifest_version", int, "", required=False)
+    if version is not None and version > MANIFEST_VERSION:
+        raise _Invalid(f"manifest_version {version} is newer than this dcb reads "
+                       f"({MANIFEST_VERSION})")
+    set_id = _field(data, "id", str, "", required=False) or set_dir.name
+    if set_id != set_dir.name:
+        raise _Invalid(f"id {set_id[:40]!r} does not match its directory {set_dir.name}")
+    status = _enum(data, "status", STATUSES, "")
+    created = _time(data, "created_at", "")
+    _time(data, "finished_at", "", required=False)
+    _enum(data, "purpose", ("backup", "safety"), "", required=False)
+    restore_id = _field(data, "restore_id", str, "", required=False, nullable=True)
+    if restore_id is not None and (not RUN_ID_RE.fullmatch(restore_id) or ".." in restore_id):
+        raise _Invalid("restore_id is not a restore id")
+    for key in ("host", "dcb_version", "error"):
+        _field(data, key, str, "", required=False, nullable=True)
+    duration = _field(data, "duration_seconds", (int, float), "", required=False, nullable=True)
+    _field(data, "size_bytes", int, "", required=False, nullable=True)
+    _field(data, "stack", dict, "", required=False, nullable=True)
+    raw = _field(data, "artifacts", list, "")
+    if len(raw) > MAX_ARTIFACTS:
+        raise _Invalid(f"more than {MAX_ARTIFACTS} artifacts")
+    artifacts = tuple(_artifact(a, i) for i, a in enumerate(raw))
+    seen_names: set[tuple[str, str]] = set()
+    seen_files: set[str] = set()
+    for a in artifacts:
+        if (a.kind, a.name) in seen_names or a.file in seen_files:
+            raise _Invalid(f"{a.kind} {a.name[:80]!r} or its file is listed twice")
+        seen_names.add((a.kind, a.name))
+        seen_files.add(a.file)
+    if status == "complete" and not artifacts:
+        raise _Invalid("a complete set lists no artifacts")
+    assert status is not None and created is not None
+    return BackupSet(
+        id=set_id,
+        path=set_dir,
+        status=status,
+        created_at=created,
+        artifacts=artifacts,
+        host=data.get("host"),
+        dcb_version=data.get("dcb_version"),
+        duration_seconds=duration,
+        error=data.get("error"),
+        extra={k: v for k, v in data.items() if k not in KNOWN_FIELDS},
+    )
 
 
 def age_exceeds(s: BackupSet, now: datetime, limit: timedelta) -> bool:

@@ -110,6 +110,12 @@ class VolumeItem:
     existed: bool
     moved: bool = False
     size_bytes: int | None = None
+    subdir: str = "."
+    """What is moved: the volume's directory, or PostgreSQL's data directory below it
+    (``PGDATA`` in a subdirectory of the volume)."""
+
+    def live_dir(self, gw: DockerGateway) -> Path:
+        return Path(gw.volume(self.docker_volume).mountpoint) / self.subdir
 
 
 @dataclass
@@ -257,9 +263,11 @@ def move_aside(gw: DockerGateway, item: VolumeItem) -> None:
     """Rename the volume's directory into its undo volume and put an empty one with the same
     owner and mode in its place. Idempotent (a rerun after a crash finishes the job)."""
     assert item.undo_volume is not None
-    src = Path(gw.volume(item.docker_volume).mountpoint)
+    src = item.live_dir(gw)
     dst = Path(gw.volume(item.undo_volume).mountpoint) / REPLACED
     if not dst.exists():
+        if not src.exists():  # PostgreSQL's data directory below an emptied volume: none
+            return
         os.rename(src, dst)
     ensure_directory(src, like=dst)
     item.moved = True
@@ -303,7 +311,7 @@ def swap_back_volume(gw: DockerGateway, item: VolumeItem, report: Reporter) -> s
         if target_info is None:
             gw.client.volumes.create(item.docker_volume)
             target_info = gw.volume(item.docker_volume)
-        target = Path(target_info.mountpoint)
+        target = Path(target_info.mountpoint) / item.subdir
         if target.exists():
             os.rename(target, _next_discard(undo_root))
         os.rename(replaced, target)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dcb.services.artifacts import atomic_write_bytes
-from dcb.services.backup import append_history, ensure_store_dir, restart_stopped
+from dcb.services.backup import restart_stopped
 from dcb.services.config import Config
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import Cancelled, DcbError, NotFound
@@ -28,13 +28,14 @@ from dcb.services.lock import StoreLock
 from dcb.services.pg_objects import fit_identifier, ident
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import LogLine, Reporter, StageFinished, StageStarted, null_reporter
-from dcb.services.restore_model import RESTORES_DIR, Target, state_root
+from dcb.services.restore_model import Target
 from dcb.services.restore_steps import (
     LEGACY_STAGED_PREFIX,
     NOTHING_CHANGED,
     STAGED_PREFIX,
     TMP_SUFFIX,
 )
+from dcb.services.state import StateDir, state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import BackupStore
 from dcb.services.undo import (
@@ -74,11 +75,11 @@ def recover(cfg: Config, gw: DockerGateway, report: Reporter,
             target: Target | None = None) -> None:
     """What a killed restore left behind (call under the store lock)."""
     target = target or Target.live(cfg)
-    root = state_root(cfg)
-    restart_stopped(gw, StoppedLedger(root), report)
+    state = state_for(cfg)
+    restart_stopped(gw, StoppedLedger(state.root), report)
     remove_staged_dumps(gw, target.postgres_container, report)
-    _close_interrupted_incidents(root, report)
-    store = UndoStore(root)
+    _close_interrupted_incidents(state, report)
+    store = UndoStore(state.root)
     for p in store.list():
         if p.state not in ("preparing", "active"):
             continue
@@ -87,7 +88,7 @@ def recover(cfg: Config, gw: DockerGateway, report: Reporter,
         for v in p.volumes:
             if v.undo_volume:
                 with contextlib.suppress(DcbError, OSError):
-                    mp = Path(gw.volume(v.docker_volume).mountpoint)
+                    mp = v.live_dir(gw)
                     replaced = Path(gw.volume(v.undo_volume).mountpoint) / "replaced"
                     if replaced.exists():
                         ensure_directory(mp, like=replaced)
@@ -99,26 +100,26 @@ def recover(cfg: Config, gw: DockerGateway, report: Reporter,
 
 
 def remove_staged_dumps(gw: DockerGateway, postgres_container: str, report: Reporter) -> int:
-    """Dumps staged in PostgreSQL's data volume for pg_restore by a run that was killed."""
+    """Dumps staged in PostgreSQL's volumes for pg_restore by a run that was killed."""
     c = gw.find_container(postgres_container)
-    mount = next((m for m in (c.mounts if c else ()) if m.volume), None)
-    if mount is None or not mountpoint_usable(mount.source):
-        return 0
     n = 0
-    for p in Path(mount.source).iterdir():
-        if p.name.startswith((STAGED_PREFIX, LEGACY_STAGED_PREFIX)) and \
-                p.name.endswith(".pgdump") and p.is_file():
-            with contextlib.suppress(OSError):
-                p.unlink()
-                n += 1
+    for mount in c.mounts if c else ():
+        if not mount.volume or not mountpoint_usable(mount.source):
+            continue
+        for p in Path(mount.source).iterdir():
+            if p.name.startswith((STAGED_PREFIX, LEGACY_STAGED_PREFIX)) and \
+                    p.name.endswith(".pgdump") and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
     if n:
         report(LogLine(f"removed {n} dump(s) a killed restore had staged in "
                        f"{postgres_container}'s data volume", "warning"))
     return n
 
 
-def _close_interrupted_incidents(root: Path, report: Reporter) -> None:
-    d = root / RESTORES_DIR
+def _close_interrupted_incidents(state: StateDir, report: Reporter) -> None:
+    d = state.restores
     if not d.is_dir():
         return
     for path in d.glob("*.json"):
@@ -141,8 +142,8 @@ def _close_interrupted_incidents(root: Path, report: Reporter) -> None:
         with contextlib.suppress(DcbError):
             atomic_write_bytes(path, json.dumps(data, indent=2).encode())
         if not data.get("sandbox"):
-            with contextlib.suppress(OSError):
-                append_history(root, {"kind": "restore", "id": r["restore_id"],
+            with contextlib.suppress(DcbError):
+                state.append_history({"kind": "restore", "id": r["restore_id"],
                                       "set_id": r.get("set_id"), "ok": False,
                                       "error": r["error"], "seconds": None,
                                       "at": datetime.now(UTC).isoformat(timespec="seconds")})
@@ -174,7 +175,8 @@ def _release(cfg: Config, gw: DockerGateway, target: Target, p: UndoPoint, repor
     pg = PgGateway(gw, target.postgres_container, target.postgres_user, target.password) \
         if c is not None and c.running else None
     left = release_point(p, gw, pg, BackupStore.for_config(cfg), report)
-    store = UndoStore(state_root(cfg))
+    state = state_for(cfg)
+    store = UndoStore(state.root)
     if left:
         p.note = "release incomplete: " + "; ".join(left)
         store.save(p)
@@ -184,6 +186,10 @@ def _release(cfg: Config, gw: DockerGateway, target: Target, p: UndoPoint, repor
     if note:
         p.note = note
     store.save(p)
+    # The undo window ends now: retention may remove the safety set (services/retention.py).
+    with contextlib.suppress(DcbError):
+        state.append_history({"kind": "undo-release", "id": p.restore_id, "set_id": p.set_id,
+                              "ok": True, "safety_set_id": p.safety_set_id, "at": p.released_at})
     return []
 
 
@@ -193,7 +199,7 @@ def release_expired(cfg: Config, gw: DockerGateway, report: Reporter) -> list[st
     released = []
     target = Target.live(cfg)
     now = datetime.now(UTC)
-    for p in UndoStore(state_root(cfg)).list():
+    for p in UndoStore(state_for(cfg).root).list():
         if due(p, now):
             report(LogLine(f"releasing the undo point of {p.restore_id} (its window ended)"))
             if not _release(cfg, gw, target, p, report):
@@ -205,10 +211,9 @@ def release(cfg: Config, restore_id: str, reporter: Reporter = null_reporter) ->
     """``dcb undo --release ID``: drop what the point keeps; the restore can no longer be
     undone."""
     check_restore_id(restore_id)
-    root = state_root(cfg)
-    ensure_store_dir(cfg.backup_dir)
-    with StoreLock(cfg.backup_dir, f"dcb undo --release {restore_id}"):
-        gw = DockerGateway.connect()
+    root = state_for(cfg).root
+    with StoreLock.for_config(cfg, f"dcb undo --release {restore_id}"):
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
         try:
             recover(cfg, gw, reporter)
             p = UndoStore(root).load(restore_id)
@@ -225,7 +230,7 @@ def release(cfg: Config, restore_id: str, reporter: Reporter = null_reporter) ->
 
 def list_points(cfg: Config) -> list[UndoPoint]:
     """Points that still hold data (or hold what an undo took out, until released)."""
-    return [p for p in UndoStore(state_root(cfg)).list() if p.state != "released"]
+    return [p for p in UndoStore(state_for(cfg).root).list() if p.state != "released"]
 
 
 # -- undo ---------------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ def undo_restore(cfg: Config, restore_id: str, reporter: Reporter = null_reporte
                  cancel: threading.Event | None = None) -> UndoResult:
     """``dcb undo RESTORE_ID``: put back what the restore replaced."""
     check_restore_id(restore_id)
-    root = state_root(cfg)
+    root = state_for(cfg).root
     p = UndoStore(root).load(restore_id)
     if p.state == "undone":
         return UndoResult(restore_id, True, already=True,
@@ -248,9 +253,8 @@ def undo_restore(cfg: Config, restore_id: str, reporter: Reporter = null_reporte
     if p.mode == "safety":
         return _undo_from_safety_set(cfg, p, reporter, cancel)
     t0 = time.monotonic()
-    ensure_store_dir(cfg.backup_dir)
-    with StoreLock(cfg.backup_dir, f"dcb undo {restore_id}"):
-        gw = DockerGateway.connect()
+    with StoreLock.for_config(cfg, f"dcb undo {restore_id}"):
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
         try:
             recover(cfg, gw, reporter)
             p = UndoStore(root).load(restore_id)
@@ -269,8 +273,9 @@ class _Undo:
     def __init__(self, cfg: Config, gw: DockerGateway, p: UndoPoint, reporter: Reporter) -> None:
         self.cfg, self.gw, self.p, self.report = cfg, gw, p, reporter
         self.target = Target.live(cfg)
-        self.ledger = StoppedLedger(state_root(cfg))
-        self.store = UndoStore(state_root(cfg))
+        root = state_for(cfg).root
+        self.ledger = StoppedLedger(root)
+        self.store = UndoStore(root)
         self.stopped: list[str] = []
         t = self.target
         self.pg = PgGateway(gw, t.postgres_container, t.postgres_user, t.password)
@@ -289,8 +294,17 @@ class _Undo:
             for v in [*pg_vol, *other_vols]:
                 result.steps.append(swap_back_volume(self.gw, v, self.report))
                 self.report(LogLine(result.steps[-1]))
-            if pg_vol or dbs:
+            if dbs:
                 self._postgres_up()
+            elif pg_vol:
+                # Its data directory is back as it was before the restore: if that is what
+                # kept it from starting, the undo still did what it promised.
+                try:
+                    self._postgres_up()
+                except DcbError as e:
+                    result.steps.append(f"PostgreSQL does not answer with its previous data "
+                                        f"directory ({e.message}): as before the restore")
+                    self.report(LogLine(result.steps[-1], "warning"))
             if dbs:
                 for line in swap_back_databases(self.pg, p, dbs):
                     result.steps.append(line)
@@ -358,7 +372,7 @@ class _Undo:
             if name in self.stopped:
                 self.stopped.remove(name)
                 self.ledger.clear([name])
-        self.pg.wait_ready(timeout=120)
+        self.pg.wait_ready(timeout=self.cfg.timeouts.postgres_ready)
 
     def _restart(self) -> None:
         names, self.stopped = self.stopped, []
@@ -396,9 +410,8 @@ def _undo_from_safety_set(cfg: Config, p: UndoPoint, reporter: Reporter,
         result.steps.append(f"restored safety set {p.safety_set_id} "
                             f"({report.restore_id})")
     absent = [d for d in p.databases if not d.existed and not d.covered_by_volume]
-    ensure_store_dir(cfg.backup_dir)
-    with StoreLock(cfg.backup_dir, f"dcb undo {p.restore_id}"):
-        gw = DockerGateway.connect()
+    with StoreLock.for_config(cfg, f"dcb undo {p.restore_id}"):
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
         try:
             if absent:
                 t = Target.live(cfg)
@@ -409,7 +422,7 @@ def _undo_from_safety_set(cfg: Config, p: UndoPoint, reporter: Reporter,
             p.state = "undone"
             p.undone_at = now_iso()
             p.expires_at = p.undone_at
-            UndoStore(state_root(cfg)).save(p)
+            UndoStore(state_for(cfg).root).save(p)
         finally:
             gw.close()
     result.ok = True
@@ -419,13 +432,13 @@ def _undo_from_safety_set(cfg: Config, p: UndoPoint, reporter: Reporter,
 
 
 def _record_undo(cfg: Config, p: UndoPoint, result: UndoResult) -> None:
-    root = state_root(cfg)
-    with contextlib.suppress(OSError):
-        append_history(root, {"kind": "undo", "id": p.restore_id, "set_id": p.set_id,
+    state = state_for(cfg)
+    with contextlib.suppress(DcbError):
+        state.append_history({"kind": "undo", "id": p.restore_id, "set_id": p.set_id,
                               "ok": result.ok, "seconds": round(result.seconds, 3),
                               "error": result.error,
                               "at": datetime.now(UTC).isoformat(timespec="seconds")})
-    path = root / RESTORES_DIR / f"{p.restore_id}.json"
+    path = state.restores / f"{p.restore_id}.json"
     with contextlib.suppress(OSError, ValueError, DcbError):
         data = json.loads(path.read_text())
         data["undone"] = {"at": p.undone_at, "steps": result.steps,

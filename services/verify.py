@@ -1,28 +1,44 @@
 """Verifying stored sets: checksums, and with ``deep`` a full read of every archive.
 
 A quick verify proves the bytes are the ones written (size + SHA-256). A deep verify also
-decompresses every artifact to its end and checks what it must contain: a tar read member by
-member, a plain SQL dump's completion marker, a custom-format dump read in full by
-``pg_restore -f /dev/null`` in the PostgreSQL container (``pg_restore --list`` accepts truncated
-dumps; see shared/RELIABILITY.md).
+decompresses every artifact to its end, in the same pass, and checks what it must contain: a
+volume tar read by the restore's own strict reader (services/safe_tar.py: every member checked
+against the extraction rules, and the end-of-archive marker required, so an archive cut at a
+member boundary fails), a plain SQL dump's completion marker, a custom-format dump read in full
+by ``pg_restore -f /dev/null`` in the PostgreSQL container (``pg_restore --list`` accepts
+truncated dumps; see shared/RELIABILITY.md).
+
+Each artifact is one stage: bytes, rate and the measured time stream through the reporter.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import os
 import tarfile
 import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
-from dcb.services.artifacts import CHUNK, open_decompressed, sha256_file
+from dcb.services.artifacts import CHUNK
+from dcb.services.encryption import AGE_MAGIC, open_decrypted
 from dcb.services.errors import Cancelled, DcbError
 from dcb.services.postgres import CLUSTER_DUMP_END, PLAIN_DUMP_END, PgGateway
-from dcb.services.progress import ByteMeter, Reporter, StageFinished, StageStarted, null_reporter
+from dcb.services.progress import (
+    ByteMeter,
+    Reporter,
+    StageFailed,
+    StageFinished,
+    StageStarted,
+    null_reporter,
+)
+from dcb.services.safe_tar import check_archive
 from dcb.services.store import Artifact, BackupSet
 
 
@@ -32,6 +48,8 @@ class ArtifactCheck:
     ok: bool
     problem: str | None = None
     note: str | None = None
+    seconds: float = 0.0
+    """How long this artifact's check took."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +70,8 @@ class SetCheck:
             "id": self.set_id, "ok": self.ok, "deep": self.deep, "problem": self.problem,
             "artifacts": [{"kind": c.artifact.kind, "name": c.artifact.name,
                            "file": c.artifact.file, "ok": c.ok, "problem": c.problem,
-                           "note": c.note} for c in self.checks],
+                           "note": c.note, "seconds": round(c.seconds, 3)}
+                          for c in self.checks],
         }
 
 
@@ -73,77 +92,138 @@ def verify_set(s: BackupSet, *, deep: bool = False, pg: PgGateway | None = None,
     return SetCheck(s.id, all(c.ok for c in checks), deep, tuple(checks))
 
 
+class _HashingReader:
+    """Reads the stored file once for everything: SHA-256, size, progress, cancellation;
+    a decompressor reads through it for the deep check."""
+
+    def __init__(self, f: BinaryIO, meter: ByteMeter, cancel: threading.Event) -> None:
+        self.f = f
+        self.meter = meter
+        self.cancel = cancel
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.cancel.is_set():
+            raise Cancelled("verify cancelled")
+        b = self.f.read(CHUNK if n is None or n < 0 else n)
+        self.sha.update(b)
+        self.size += len(b)
+        self.meter.add(len(b))
+        return b
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+
 def _check_artifact(s: BackupSet, a: Artifact, deep: bool, pg: PgGateway | None,
                     reporter: Reporter, cancel: threading.Event) -> ArtifactCheck:
-    path = s.path / a.file
     stage = f"verify {a.file}"
     reporter(StageStarted(stage, a.size_bytes))
-    if not path.is_file():
-        return ArtifactCheck(a, False, "missing")
-    size, digest = sha256_file(path)
-    if size != a.size_bytes:
-        return ArtifactCheck(a, False, f"size {size} bytes, manifest says {a.size_bytes} "
-                                       "(truncated or replaced)")
-    note = None
-    if a.sha256 is None:
-        note = "legacy set: no checksum recorded"
-    elif digest != a.sha256:
-        return ArtifactCheck(a, False, "checksum mismatch (corrupted)")
-    if deep:
+    meter = ByteMeter(stage, reporter, a.size_bytes)
+    problem, note = _read_artifact(s, a, deep, pg, meter, cancel)
+    meter.flush()
+    seconds = meter.seconds
+    if problem:
+        reporter(StageFailed(stage, problem))
+        return ArtifactCheck(a, False, problem, seconds=seconds)
+    reporter(StageFinished(stage, meter.done, seconds, detail=note or ""))
+    return ArtifactCheck(a, True, note=note, seconds=seconds)
+
+
+def _read_artifact(s: BackupSet, a: Artifact, deep: bool, pg: PgGateway | None,
+                   meter: ByteMeter, cancel: threading.Event) -> tuple[str | None, str | None]:
+    """(problem, note). The checksum outranks what the deep read found: a damaged file is
+    reported as damaged, not as a strange archive."""
+    path = s.path / a.file
+    if path.is_symlink():
+        return "a symlink: refused", None  # it could name any file on the host
+    try:
+        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+    except FileNotFoundError:
+        return "missing", None
+    except OSError as e:
+        return f"unreadable: {e.strerror}", None
+    deep_problem = note = None
+    with f:
+        hr = _HashingReader(f, meter, cancel)
+        encrypted = os.pread(f.fileno(), len(AGE_MAGIC), 0) == AGE_MAGIC
+        if deep:
+            try:
+                if encrypted:
+                    # age reads the file itself (a second pass, decrypting in its own
+                    # process); the checksum pass below is still the stored bytes'.
+                    with open_decrypted(path) as plain:
+                        note = _deep_read(a, plain, pg, cancel)
+                else:
+                    note = _deep_read(a, hr, pg, cancel)
+            except Cancelled:
+                raise
+            except (OSError, EOFError, zlib.error, zstandard.ZstdError, tarfile.TarError,
+                    DcbError) as e:
+                deep_problem = f"unreadable: {e}"
         try:
-            note = _deep_read(a, path, pg, ByteMeter(stage, reporter), cancel) or note
-        except Cancelled:
-            raise
-        except (OSError, EOFError, zlib.error, zstandard.ZstdError, tarfile.TarError,
-                DcbError) as e:
-            return ArtifactCheck(a, False, f"unreadable: {e}")
-    reporter(StageFinished(stage, size, 0.0))
-    return ArtifactCheck(a, True, note=note)
+            hr.drain()
+        except OSError as e:
+            return f"unreadable: {e.strerror}", None
+    if hr.size != a.size_bytes:
+        return (f"size {hr.size} bytes, manifest says {a.size_bytes} (truncated or replaced)",
+                None)
+    if a.sha256 is not None and hr.sha.hexdigest() != a.sha256:
+        return "checksum mismatch (corrupted)", None
+    if deep_problem:
+        return deep_problem, None
+    if a.sha256 is None:
+        note = note or "legacy set: no checksum recorded"
+    return None, note
 
 
-def _chunks(f: Any, meter: ByteMeter, cancel: threading.Event) -> Iterator[bytes]:
+def _decompressed(f: Any, compression: str) -> BinaryIO:
+    reader: Any = f
+    if compression == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            f, read_size=CHUNK, read_across_frames=True, closefd=False)
+    elif compression == "gzip":
+        reader = gzip.GzipFile(fileobj=f, mode="rb")
+    return reader
+
+
+def _chunks(f: BinaryIO, cancel: threading.Event) -> Iterator[bytes]:
     while True:
         if cancel.is_set():
             raise Cancelled("verify cancelled")
         b = f.read(CHUNK)
         if not b:
             return
-        meter.add(len(b))
         yield b
 
 
-def _deep_read(a: Artifact, path: Any, pg: PgGateway | None, meter: ByteMeter,
+def _deep_read(a: Artifact, raw: BinaryIO | _HashingReader, pg: PgGateway | None,
                cancel: threading.Event) -> str | None:
     fmt = a.source.get("format")
-    with open_decompressed(path, a.compression) as f:
-        if a.kind == "volume":
-            n = 0
-            with tarfile.open(fileobj=f, mode="r|") as tf:
-                for member in tf:
-                    n += 1
-                    if cancel.is_set():
-                        raise Cancelled("verify cancelled")
-                    if member.isfile():
-                        data = tf.extractfile(member)
-                        while data is not None and (b := data.read(CHUNK)):
-                            meter.add(len(b))
-            if n == 0:
-                raise DcbError("archive holds no entries")
-            return f"{n} entries read"
-        if fmt == "custom":
-            if pg is None:
-                raise DcbError("a custom-format dump needs the PostgreSQL container to read it")
-            pg.check_custom_dump(_chunks(f, meter, cancel))
-            return "pg_restore read the whole dump"
-        tail = b""
-        for b in _chunks(f, meter, cancel):
-            tail = (tail + b)[-256:]
-        marker = CLUSTER_DUMP_END if a.kind == "globals" else PLAIN_DUMP_END
-        if marker not in tail and not a.source.get("legacy"):
-            raise DcbError("dump lacks its completion marker (truncated)")
-        if marker not in tail:
-            return "legacy dump without completion marker"
-        return None
+    f = _decompressed(raw, a.compression)
+    if a.kind == "volume":
+        # The restore's reader: what it would refuse, or a stream it would find damaged,
+        # fails here too.
+        n = check_archive(f, hint="a restore of this set would refuse this archive")
+        if n == 0:
+            raise DcbError("archive holds no entries")
+        return f"{n} entries read and checked as a restore would"
+    if fmt == "custom":
+        if pg is None:
+            raise DcbError("a custom-format dump needs the PostgreSQL container to read it")
+        pg.check_custom_dump(_chunks(f, cancel))
+        return "pg_restore read the whole dump"
+    tail = b""
+    for b in _chunks(f, cancel):
+        tail = (tail + b)[-256:]
+    marker = CLUSTER_DUMP_END if a.kind == "globals" else PLAIN_DUMP_END
+    if marker not in tail and not a.source.get("legacy"):
+        raise DcbError("dump lacks its completion marker (truncated)")
+    if marker not in tail:
+        return "legacy dump without completion marker"
+    return None
 
 
 def verified_now() -> str:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -63,3 +64,19 @@ def stack(docker_client: docker.DockerClient) -> Iterator[stackkit.TestStack]:
 def stack_config(stack: stackkit.TestStack, tmp_path: Path) -> Path:
     """A dcb.toml for the test stack, with a fresh backup dir under tmp_path."""
     return stack.write_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def docker_junk(docker_client: docker.DockerClient,
+                stack: stackkit.TestStack) -> Iterator[Any]:
+    """Disk hogs on the real engine beside the test stack (tests/dockerjunk.py)."""
+    from tests import dockerjunk
+
+    if os.geteuid() != 0:
+        pytest.skip("the Docker disk view's log files need root beside the engine")
+    dockerjunk.sweep_images(docker_client)
+    junk = dockerjunk.make_junk(docker_client, stack)
+    try:
+        yield junk
+    finally:
+        dockerjunk.destroy_junk(junk)

@@ -19,12 +19,18 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from dcb.services.config import Config, load_config
+from dcb.services.config import Config, StackConfig, load_config
 from dcb.services.disk import DiskUsage
+from dcb.services.disk_picture import BACKUPS, DOCKER, DiskPicture, Filesystem, Offender
+from dcb.services.docker_df import DockerReport, build_report
 from dcb.services.docker_gateway import ContainerInfo, Mount
-from dcb.services.errors import DockerUnavailable
+from dcb.services.errors import DcbError, DockerUnavailable
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from dcb.services.ops.check import CRITICAL, OK, WARNING, CheckReport, Finding
+from dcb.services.ops.heartbeat import DaemonState, JobState
+from dcb.services.ops.history_stats import HistoryStats, stats_from
 from dcb.services.overview import SetRow, StoreOverview
 from dcb.services.status import BackupSummary, ContainerStatus, StackStatus, VolumeStatus
 from dcb.services.store import MANIFEST, MANIFEST_VERSION, Artifact, BackupSet
@@ -68,7 +74,7 @@ backup_dir = "{backup_dir}"
 """
 
 
-def write_config(directory: Path, backup_dir: Path = BACKUP_DIR) -> Config:
+def write_config(directory: Path, backup_dir: Path = BACKUP_DIR, extra: str = "") -> Config:
     """A dcb.toml in ``directory`` (its path is never shown) and the loaded configuration.
 
     The environment is ignored, so a ``DCB_*`` variable of the person running the tests cannot
@@ -76,7 +82,7 @@ def write_config(directory: Path, backup_dir: Path = BACKUP_DIR) -> Config:
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "dcb.toml"
-    path.write_text(config_toml(backup_dir))
+    path.write_text(config_toml(backup_dir) + extra)
     return load_config(str(path), environ={})
 
 
@@ -240,8 +246,16 @@ class FixedSources(Sources):
 
     def __init__(self, cfg: Config, status: StackStatus | None = None,
                  overview: StoreOverview | None = None, docker_down: bool = False,
-                 status_delay: float = 0.0) -> None:
+                 status_delay: float = 0.0, check: CheckReport | None = None,
+                 schedule: DaemonState | None = None,
+                 history: HistoryStats | None = None,
+                 docker: DockerReport | None = None) -> None:
         super().__init__(cfg)
+        self.fixed_check = check if check is not None else CheckReport((), FIXED_NOW)
+        """Default: all OK (no alert banner)."""
+        self.fixed_schedule = schedule
+        self.fixed_history = history
+        self.fixed_docker = docker
         self.fixed_status = status if status is not None else make_status(cfg.backup_dir)
         self.fixed_overview = overview if overview is not None else make_overview()
         self.docker_down = docker_down
@@ -263,6 +277,30 @@ class FixedSources(Sources):
     def overview(self) -> StoreOverview:
         return self.fixed_overview
 
+    def check(self) -> CheckReport:
+        return self.fixed_check
+
+    def schedule(self) -> DaemonState | None:
+        return self.fixed_schedule
+
+    def history(self) -> HistoryStats:
+        return self.fixed_history if self.fixed_history is not None else make_history_stats()
+
+    def docker_report(self, cancel: threading.Event | None = None) -> DockerReport:
+        if self.docker_down:
+            raise DockerUnavailable(DOCKER_DOWN_MESSAGE, hint=DOCKER_DOWN_HINT)
+        if self.fixed_docker is None:
+            self.fixed_docker = make_docker_report(self.cfg.stack)
+        return self.fixed_docker
+
+    def disk_picture(self) -> DiskPicture:
+        if self.docker_down:
+            return make_disk_picture(None, self.fixed_status.disk, DOCKER_DOWN_MESSAGE)
+        return make_disk_picture(self.docker_report(), self.fixed_status.disk)
+
+    def run_cleanup(self, *args: object, **kwargs: object) -> Any:
+        raise DcbError("fixed data: nothing is removed")
+
     def disk(self) -> DiskUsage:
         return self.fixed_status.disk
 
@@ -277,6 +315,68 @@ class FixedSources(Sources):
                 callback(ContainerChanged(n, by_name.get(n)))
         self.watch_reported.set()
         stop.wait()
+
+
+# -- automation: history, check, schedule ------------------------------------------------------
+SCHEDULE_TOML = """
+[schedule.nightly]
+run = "backup"
+cron = "0 2 * * *"
+"""
+
+
+def make_history(days: int = 40) -> list[dict[str, object]]:
+    """A nightly full backup for ``days`` days (slowly growing, two failures, one slow run)
+    and a weekly prune, oldest first, ending at ``FIXED_NOW``."""
+    out: list[dict[str, object]] = []
+    for d in range(days, 0, -1):
+        when = (FIXED_NOW - timedelta(days=d)).replace(hour=2, minute=0)
+        sid = when.strftime("%Y%m%dT%H%M%SZ")
+        if d in (9, 23):
+            out.append({"kind": "backup", "id": sid, "status": "failed",
+                        "started_at": when.isoformat(), "duration_seconds": 3.2,
+                        "error": "pg_dump of dart_cloud exited 1: connection to server lost"})
+            continue
+        size = int((1.80 + 0.004 * (days - d)) * GiB) + (d % 5) * 7 * MiB
+        seconds = 24.0 + (d % 4) * 1.3 + (31.0 if d == 15 else 0.0)
+        out.append({"kind": "backup", "id": sid, "status": "complete",
+                    "started_at": when.isoformat(), "duration_seconds": seconds,
+                    "size_bytes": size})
+        if d % 7 == 0:
+            out.append({"kind": "prune", "at": (when + timedelta(minutes=5)).isoformat(),
+                        "removed": ["x"], "freed_bytes": int(11 * GiB)})
+    return out
+
+
+def make_history_stats() -> HistoryStats:
+    """The history screen's data: 40 nights; the store holds what they left plus 4 GiB of
+    older sets, on a disk 72 % used."""
+    history = make_history()
+    left = sum(int(str(h.get("size_bytes") or 0)) for h in history) - sum(
+        int(str(h.get("freed_bytes") or 0)) for h in history)
+    return stats_from(history, left + 4 * GiB, make_status().disk, FIXED_NOW)
+
+
+def make_check(status: int = CRITICAL) -> CheckReport:
+    """Alerts for the dashboard's banner: a critical RPO miss and a warning, or all OK."""
+    if status == OK:
+        return CheckReport((Finding("rpo", OK, "newest backup 2.5h ago"),), FIXED_NOW)
+    findings = [Finding("failures", WARNING, "1 failure of job nightly: pg_dump of dart_cloud "
+                        "exited 1: connection to server lost")]
+    if status == CRITICAL:
+        findings.insert(0, Finding("rpo", CRITICAL,
+                                   "newest complete backup is 26.5h old (RPO 24h)"))
+    return CheckReport(tuple(findings), FIXED_NOW)
+
+
+def make_schedule(alive: bool = True) -> DaemonState:
+    """The daemon's heartbeat: nightly next at 02:00 tomorrow; fresh or 20 minutes old."""
+    beat = FIXED_NOW - (timedelta(seconds=10) if alive else timedelta(minutes=20))
+    nxt = (FIXED_NOW + timedelta(days=1)).replace(hour=2, minute=0)
+    return DaemonState(pid=4242, host="backend-01", started_at=beat.isoformat(),
+                       updated_at=beat.isoformat(), tz="UTC",
+                       jobs={"nightly": JobState(name="nightly", run="backup",
+                                                 cron="0 2 * * *", next_run=nxt.isoformat())})
 
 
 # -- trees on disk ----------------------------------------------------------------------------
@@ -336,3 +436,138 @@ def write_du_tree(root: Path = DU_ROOT) -> Path:
         p.write_bytes(b"x" * size)
     (root / "empty-set-dir").mkdir()
     return root
+
+
+# -- Docker's disk usage ----------------------------------------------------------------------
+def _ts(hours_ago: float) -> int:
+    return int((FIXED_NOW - timedelta(hours=hours_ago)).timestamp())
+
+
+def _cid(name: str) -> str:
+    return hashlib.sha256(f"container {name}".encode()).hexdigest()
+
+
+def _iid(name: str) -> str:
+    return "sha256:" + hashlib.sha256(f"image {name}".encode()).hexdigest()
+
+
+BASE_LAYERS = 80 * MiB
+"""Layers the backend images share."""
+
+
+def docker_df(extra_images: int = 0, extra_containers: int = 0) -> dict[str, Any]:
+    """A ``client.df()`` answer: the stack (PostgreSQL, backend, an exited worker), an old
+    tagged image, two dangling images (one large), a stopped one-off container and a never
+    started one, an unused volume, two build-cache records. ``extra_*`` add generated images
+    and stopped containers (for the benchmark)."""
+    def image(name: str, tags: list[str], size: int, shared: int, containers: int,
+              hours_ago: float) -> dict[str, Any]:
+        return {"Id": _iid(name), "RepoTags": tags, "Size": size, "SharedSize": shared,
+                "Containers": containers, "Created": _ts(hours_ago), "ParentId": "",
+                "RepoDigests": [], "Labels": None, "VirtualSize": size}
+
+    def mount(volume: str, dest: str) -> dict[str, Any]:
+        return {"Type": "volume", "Name": volume, "Destination": dest, "Driver": "local",
+                "Source": f"/var/lib/docker/volumes/{volume}/_data", "RW": True}
+
+    def container(name: str, image_name: str, tag: str, state: str, status: str,
+                  size_rw: int, mounts: list[dict[str, Any]], hours_ago: float,
+                  labels: dict[str, str] | None = None) -> dict[str, Any]:
+        return {"Id": _cid(name), "Names": [f"/{name}"], "Image": tag,
+                "ImageID": _iid(image_name), "Command": "", "Created": _ts(hours_ago),
+                "State": state, "Status": status, "SizeRw": size_rw,
+                "SizeRootFs": size_rw + 100 * MiB, "Labels": labels or {}, "Mounts": mounts}
+
+    images = [
+        image("backend-1.8.2", ["dart-cloud-backend:1.8.2"], 412 * MiB, BASE_LAYERS, 2, 30),
+        image("postgres", ["postgres:15-alpine"], 238 * MiB, 0, 1, 900),
+        image("backend-1.8.1", ["dart-cloud-backend:1.8.1"], 405 * MiB, BASE_LAYERS, 0, 200),
+        image("dangling-big", [], int(1.2 * GiB), BASE_LAYERS, 0, 230),
+        image("dangling-small", ["<none>:<none>"], 398 * MiB, BASE_LAYERS, 0, 400),
+        image("busybox", ["busybox:1.36"], 4 * MiB, 0, 2, 2000),
+    ]
+    pg = mount("postgres_data", "/var/lib/postgresql/data")
+    fn = mount("functions_data", "/app/functions")
+    containers = [
+        container(POSTGRES, "postgres", "postgres:15-alpine", "running", "Up 3 days",
+                  64 * KiB, [pg], 77),
+        container(BACKEND, "backend-1.8.2", "dart-cloud-backend:1.8.2", "running",
+                  "Up 5 hours", 12 * MiB, [fn], 30),
+        container(WORKER, "backend-1.8.2", "dart-cloud-backend:1.8.2", "exited",
+                  "Exited (137) 30 hours ago", 3 * MiB, [fn], 30),
+        container("old-migrate", "busybox", "busybox:1.36", "exited",
+                  "Exited (0) 2 weeks ago", 180 * MiB, [], 340),
+        container("scratch-debug", "busybox", "busybox:1.36", "created", "Created", 0,
+                  [], 300),
+    ]
+    for k in range(extra_images):
+        images.append(image(f"gen-{k}", [f"registry.local/app-{k // 10}:{k}"]
+                            if k % 3 else [], (k % 97 + 1) * 3 * MiB, BASE_LAYERS // 4,
+                            0, 24 + k))
+    for k in range(extra_containers):
+        containers.append(container(f"job-{k:04d}", f"gen-{k % max(extra_images, 1)}",
+                                    f"registry.local/app:{k}", "exited",
+                                    f"Exited (0) {k + 1} hours ago", (k % 50) * 256 * KiB,
+                                    [], 2 + k))
+    volumes = [
+        {"Name": "postgres_data", "Driver": "local", "Scope": "local", "Labels": None,
+         "Mountpoint": "/var/lib/docker/volumes/postgres_data/_data",
+         "CreatedAt": "2026-09-01T10:00:00Z", "UsageData": {"Size": int(1.6 * GiB),
+                                                            "RefCount": 1}},
+        {"Name": "functions_data", "Driver": "local", "Scope": "local", "Labels": None,
+         "Mountpoint": "/var/lib/docker/volumes/functions_data/_data",
+         "CreatedAt": "2026-09-01T10:00:00Z", "UsageData": {"Size": 210 * MiB,
+                                                            "RefCount": 2}},
+        {"Name": "old_cache", "Driver": "local", "Scope": "local", "Labels": None,
+         "Mountpoint": "/var/lib/docker/volumes/old_cache/_data",
+         "CreatedAt": "2026-06-11T08:00:00Z", "UsageData": {"Size": 640 * MiB,
+                                                            "RefCount": 0}},
+    ]
+    cache = [
+        {"ID": "k3b9x0c1d2e3f4a5", "Type": "regular", "InUse": False, "Shared": False,
+         "Size": 310 * MiB, "Description": "mount / from exec /bin/sh -c dart pub get",
+         "CreatedAt": "2026-11-20T09:00:00Z", "LastUsedAt": "2026-11-20T09:00:00Z",
+         "UsageCount": 3},
+        {"ID": "m7q2w8e4r5t6y7u8", "Type": "source.local", "InUse": True, "Shared": True,
+         "Size": 45 * MiB, "Description": "local source for context",
+         "CreatedAt": "2026-11-25T09:00:00Z", "LastUsedAt": "2026-11-26T12:00:00Z",
+         "UsageCount": 12},
+    ]
+    layers = sum(i["Size"] - i["SharedSize"] for i in images) + BASE_LAYERS
+    return {"LayersSize": layers, "Images": images, "Containers": containers,
+            "Volumes": volumes, "BuildCache": cache, "BuilderSize": 355 * MiB}
+
+
+LOG_SIZES = {POSTGRES: 38 * MiB, BACKEND: int(4.2 * GiB), WORKER: 220 * MiB,
+             "old-migrate": 1 * MiB, "scratch-debug": 0}
+
+
+def make_docker_report(stack: StackConfig, extra_images: int = 0,
+                       extra_containers: int = 0) -> DockerReport:
+    """Docker's disk usage from ``docker_df`` through the real report builder; every
+    container logs to json-file (``LOG_SIZES``; generated containers 64 KiB each)."""
+    df = docker_df(extra_images, extra_containers)
+    inspects: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, tuple[int, int] | None] = {}
+    for c in df["Containers"]:
+        cid = c["Id"]
+        name = c["Names"][0][1:]
+        inspects[cid] = {"Id": cid, "Name": f"/{name}",
+                         "LogPath": f"/var/lib/docker/containers/{cid}/{cid}-json.log",
+                         "HostConfig": {"LogConfig": {"Type": "json-file", "Config": {}}}}
+        size = LOG_SIZES.get(name, 64 * KiB)
+        sizes[cid] = (size, size)
+    return build_report(stack, df, inspects, "/var/lib/docker", sizes, FIXED_NOW)
+
+
+def make_disk_picture(report: DockerReport | None, disk: DiskUsage,
+                      docker_error: str | None = None) -> DiskPicture:
+    """One filesystem holding the backup dir, Docker's root and every volume."""
+    holds = [BACKUPS]
+    if report is not None:
+        holds += [DOCKER, *(f"volume {v.name}" for v in report.volumes)]
+    fs = Filesystem(disk.path, 2049, disk.total_bytes, disk.used_bytes, disk.free_bytes,
+                    tuple(holds))
+    offenders = tuple(Offender(i.label, i.size_bytes) for i in report.items()[:4]
+                      if i.size_bytes) if report is not None else ()
+    return DiskPicture((fs,), (), offenders, docker_error)

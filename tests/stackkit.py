@@ -12,6 +12,7 @@ import io
 import os
 import secrets
 import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ class TestStack:
 
 def ensure_images() -> None:
     """Build the local test images once; cached by tag."""
-    subprocess.run(["bash", str(HERE / "images" / "build.sh")], check=True)
+    subprocess.run(["bash", str(HERE / "images" / "build.sh")], check=True,
+                   env={**os.environ, "PYTHON": sys.executable})
 
 
 def _owner_alive(labels: dict[str, str] | None) -> bool:

@@ -294,10 +294,16 @@ def test_prune_on_real_sets_keeps_the_newest(stack: TestStack, tmp_path: Path):
     r = run_dcb("prune", "--dry-run", "--json", "--config", str(cfg))
     plan = {s["id"]: s for s in json.loads(r.out)["sets"]}
     newest = max(ids)
-    assert plan[newest]["keep"] and "last 1" in plan[newest]["reasons"]
+    assert plan[newest]["keep"]
+    assert {(k["item"], tuple(k["rules"])) for k in plan[newest]["kept_by"]} == {
+        ("database functions_db", ("last 1", "newest copy")),
+        ("roles", ("last 1", "newest copy"))}
     assert [i for i in ids if not plan[i]["keep"]] == sorted(ids)[:2]
     assert all((tmp_path / "backups" / i).is_dir() for i in ids)  # dry run removed nothing
-    r = run_dcb("prune", "--config", str(cfg))
+    r = run_dcb("prune", "--config", str(cfg))  # no terminal to confirm on
+    assert r.code == 2 and "pass --yes" in r.err
+    assert all((tmp_path / "backups" / i).is_dir() for i in ids)
+    r = run_dcb("prune", "--yes", "--config", str(cfg))
     assert r.code == 0, r.err
     assert sorted(os.listdir(tmp_path / "backups")) == sorted(
         [newest, ".lock", "history.jsonl"])

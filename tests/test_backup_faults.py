@@ -592,24 +592,46 @@ def test_pg_dump_failure_is_reported_in_one_clear_line(restore_stack: TestStack,
     assert "pg_dump dart_cloud" in line and "permission denied" in line, line
 
 
-def test_table_lock_fails_cleanly_at_the_lock_wait_timeout(restore_stack: TestStack,
-                                                           tmp_path: Path) -> None:
-    """A table held ACCESS EXCLUSIVE by someone else: the run fails at the timeout, no hang."""
-    stack = restore_stack
-    cfg = stack.write_config(tmp_path, stack={"lock_wait_timeout": 2})
+@contextlib.contextmanager
+def table_locked(stack: TestStack, seconds: int) -> Iterator[float]:
+    """``invoices`` held ACCESS EXCLUSIVE by another session for ``seconds``; yields the
+    monotonic time at which the lock will be released."""
     holder = subprocess.Popen(
         ["docker", "exec", "-i", stack.postgres_container, "psql", "-U", "postgres",
          "-d", "dart_cloud", "-v", "ON_ERROR_STOP=1"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     assert holder.stdin is not None
-    holder.stdin.write("BEGIN; LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE; "
-                       "SELECT pg_sleep(120);\n")
+    holder.stdin.write(f"BEGIN; LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE; "
+                       f"SELECT pg_sleep({seconds}); COMMIT;\n")
     holder.stdin.flush()
     try:
         wait_until("the lock is held", lambda: stack.psql(
             "dart_cloud", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                        "WHERE c.relname = 'invoices' AND l.mode = 'AccessExclusiveLock'"
-        ).strip() == "1")
+                        "WHERE c.relname = 'invoices' AND l.mode = 'AccessExclusiveLock' "
+                        "AND l.granted").strip() == "1")
+        yield time.monotonic() + seconds
+    finally:
+        stack.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               f"WHERE query LIKE '%pg_sleep({seconds})%' "
+                               "AND pid <> pg_backend_pid()")
+        holder.kill()
+        holder.wait(10)
+
+
+def lock_waiters(stack: TestStack) -> list[str]:
+    """Sessions queued for a lock on ``invoices`` (a killed client's backend would stay)."""
+    return stack.psql("dart_cloud", "SELECT a.application_name FROM pg_locks l "
+                                    "JOIN pg_class c ON c.oid = l.relation "
+                                    "JOIN pg_stat_activity a ON a.pid = l.pid "
+                                    "WHERE c.relname = 'invoices' AND NOT l.granted").split()
+
+
+def test_table_lock_fails_cleanly_at_the_lock_wait_timeout(restore_stack: TestStack,
+                                                           tmp_path: Path) -> None:
+    """A table held ACCESS EXCLUSIVE by someone else: the run fails at the timeout, no hang."""
+    stack = restore_stack
+    cfg = stack.write_config(tmp_path, stack={"lock_wait_timeout": 2})
+    with table_locked(stack, 120):
         t0 = time.monotonic()
         r = run_dcb("backup", "--db", "dart_cloud", "--config", str(cfg), timeout=120)
         assert r.code == 1, r.err
@@ -617,8 +639,61 @@ def test_table_lock_fails_cleanly_at_the_lock_wait_timeout(restore_stack: TestSt
         line = error_line(r)
         assert "dart_cloud" in line and "lock" in line.lower(), line
         assert statuses(cfg) and set(statuses(cfg).values()) == {"failed"}
-    finally:
-        stack.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               "WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()")
-        holder.kill()
-        holder.wait(10)
+
+
+def test_step_limit_and_signals_stop_a_silent_dump(restore_stack: TestStack,
+                                                   tmp_path: Path) -> None:
+    """pg_dump waits for a lock forever (lock_wait_timeout = 0) and prints nothing: the
+    explicit [timeouts] step stops it in one line, SIGTERM stops it at once (exit 130), and
+    neither leaves a dcb session queued behind the lock (it would block the app's writes)."""
+    stack = restore_stack
+    limited = stack.write_config(tmp_path / "limited", stack={"lock_wait_timeout": 0},
+                                 timeouts={"step": 4})
+    unlimited = stack.write_config(tmp_path / "unlimited", stack={"lock_wait_timeout": 0})
+    with table_locked(stack, 120):
+        t0 = time.monotonic()
+        r = run_dcb("backup", "--db", "dart_cloud", "--config", str(limited), timeout=120)
+        took = time.monotonic() - t0
+        assert r.code == 1, r.err
+        line = error_line(r)
+        assert "pg_dump dart_cloud did not finish within 4s ([timeouts] step)" in line, line
+        assert took < 30, took
+        assert set(statuses(limited).values()) == {"failed"}
+        wait_until("no dcb session in the lock queue", lambda: not lock_waiters(stack),
+                   timeout=10, interval=0.2)
+
+        run = Run(tmp_path, "sigterm", unlimited, "--db", "dart_cloud")
+        try:
+            wait_until("pg_dump queued behind the lock",
+                       lambda: any(n.startswith("dcb-") for n in lock_waiters(stack)), run,
+                       interval=0.2)
+            t0 = time.monotonic()
+            run.proc.send_signal(signal.SIGTERM)
+            code = run.wait(60)
+            took = time.monotonic() - t0
+        finally:
+            run.kill()
+        assert code == 130, run.err
+        assert "Traceback" not in run.err
+        assert took < 20, took
+        assert set(statuses(unlimited).values()) == {"failed"}
+        wait_until("no dcb session in the lock queue", lambda: not lock_waiters(stack),
+                   timeout=10, interval=0.2)
+
+
+def test_a_dump_silent_for_150s_is_not_cut(restore_stack: TestStack, tmp_path: Path) -> None:
+    """With lock_wait_timeout = 0 and a table locked for 150 s, pg_dump prints nothing for
+    150 s: no hidden timeout (docker-py's socket timeout used to kill the run at 121.7 s
+    with a traceback); the backup completes once the lock is released, and verifies."""
+    stack = restore_stack
+    cfg = stack.write_config(tmp_path, stack={"lock_wait_timeout": 0})
+    with table_locked(stack, 150) as released_at:
+        r = run_dcb("backup", "-q", "--db", "dart_cloud", "--config", str(cfg), timeout=400)
+        done_at = time.monotonic()
+    assert r.code == 0, r.err
+    assert "Traceback" not in r.err
+    assert done_at >= released_at - 1, "the dump cannot have finished while the lock was held"
+    set_id = r.out.strip()
+    assert statuses(cfg) == {set_id: "complete"}
+    v = run_dcb("verify", set_id, "--deep", "--config", str(cfg))
+    assert v.code == 0, v.err

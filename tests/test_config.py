@@ -111,3 +111,69 @@ def test_config_show_lists_sources(tmp_path: Path):
     assert "file" in lines["retention.keep_daily"] and " 3 " in lines["retention.keep_daily"]
     assert "env DCB_RETENTION_KEEP_WEEKLY" in lines["retention.keep_weekly"]
     assert "default" in lines["retention.keep_monthly"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('[stack]\ndatabases = ["dart/cloud"]\n', "[stack] databases: 'dart/cloud' is not a "
+                                                  "plain name"),
+        ('[stack]\ndatabases = ["-dfoo"]\n', "[stack] databases: '-dfoo' starts with '-'"),
+        ('[stack]\ndatabases = ["=x"]\n', "[stack] databases: '=x' starts with '='"),
+        ('[stack]\ndatabases = ["host=evil dbname=x"]\n', "contains '='"),
+        ('[stack]\ndatabases = ["a\\nb"]\n', "[stack] databases: 'a\\nb' contains a control"),
+        ('[stack]\ndatabases = ["a\\u0000b"]\n', "contains a control character"),
+        ('[stack]\ndatabases = ["' + "x" * 64 + '"]\n', "longer than 63 bytes"),
+        ('[stack]\npostgres_user = "-U"\n', "[stack] postgres_user: '-U' starts with '-'"),
+        ('[stack]\nvolumes = ["../etc"]\n', "[stack] volumes: '../etc' is not a Docker name"),
+        ('[stack]\nvolumes = ["-v"]\n', "[stack] volumes: '-v' is not a Docker name"),
+        ('[stack]\npostgres_data_volume = "a/b"\n', "[stack] postgres_data_volume: 'a/b'"),
+        ('[stack]\npostgres_container = "pg\\n"\n', "[stack] postgres_container: 'pg\\n'"),
+        ('[stack]\napp_containers = ["my app"]\n', "[stack] app_containers: 'my app'"),
+        ('[stack]\nstop_during_backup = ["=x"]\n', "[stack] stop_during_backup: '=x'"),
+        ('[stack]\ndatabases = "all"\nexclude_databases = ["-x"]\n',
+         "[stack] exclude_databases: '-x' starts with '-'"),
+        ('[stack]\nexclude_volumes = ["a/b"]\n', "[stack] exclude_volumes: 'a/b'"),
+        ('[timeouts]\nstep = -1\n', "[timeouts] step must be >= 0"),
+        ('[timeouts]\ndocker_api = 0\n', "[timeouts] docker_api must be > 0"),
+    ],
+)
+def test_names_that_could_be_read_as_options_or_paths_are_refused(
+        tmp_path: Path, content: str, expected: str):
+    """Names end up in argv, SQL, file names and Docker references: exit 2, one line."""
+    f = tmp_path / "dcb.toml"
+    f.write_text(content)
+    r = run_dcb("--config", str(f), "status")
+    assert r.code == 2, r.err
+    lines = r.err.splitlines()
+    assert lines[0].startswith(f"dcb: {f}: ") and expected in lines[0], r.err
+    assert all(line.startswith("hint:") for line in lines[1:]), r.err
+
+
+def test_names_from_the_environment_are_checked_too(tmp_path: Path):
+    r = run_dcb("status", cwd=tmp_path, env={"DCB_STACK_DATABASES": "ok,-evil",
+                                             "XDG_CONFIG_HOME": str(tmp_path)})
+    assert r.code == 2
+    assert r.err.splitlines()[0] == ("dcb: configuration: [stack] databases: '-evil' starts "
+                                     "with '-' (would read as an option)")
+
+
+def test_ordinary_names_pass(tmp_path: Path):
+    f = tmp_path / "dcb.toml"
+    f.write_text('[stack]\ndatabases = ["dart_cloud", "Functions DB", "café"]\n'
+                 'volumes = ["myproj_postgres_data", "app.data-1"]\n'
+                 'postgres_data_volume = ""\n')
+    cfg = load_config(str(f), environ={})
+    assert cfg.stack.databases == ("dart_cloud", "Functions DB", "café")
+
+
+def test_state_dir_is_relative_to_the_config_file(tmp_path: Path):
+    f = tmp_path / "conf" / "dcb.toml"
+    f.parent.mkdir()
+    f.write_text('[storage]\nstate_dir = "state"\n')
+    cfg = load_config(str(f), environ={})
+    assert cfg.state_dir == f.parent / "state"
+    assert load_config(str(f), environ={"DCB_STORAGE_STATE_DIR": ""}).state_dir == \
+        f.parent / "state"
+    f.write_text("")
+    assert load_config(str(f), environ={}).state_dir is None

@@ -45,9 +45,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             d.symlink_to(os.readlink(s))
         else:
             shutil.copy2(s, d)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                    str(root / "dist"), str(src)], check=True, capture_output=True,
-                   cwd=root, timeout=600)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w",
+                            str(root / "dist"), str(src)], check=True, capture_output=True,
+                           text=True, cwd=root, timeout=600)
+    (root / "build.log").write_text(built.stdout + built.stderr)
     (wheel,) = (root / "dist").glob("dcb-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -60,6 +61,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("DCB_", "PYTHON", "TMUX", "VIRTUAL_ENV"))}
+
+
+def test_the_build_has_no_deprecation_warnings(installed: Path):
+    """pyproject.toml as the build backend wants it today (an SPDX ``license`` string...)."""
+    log = (installed.parent.parent.parent / "build.log").read_text()
+    assert "Successfully built dcb" in log or "Created wheel for dcb" in log
+    assert "Deprecat" not in log, [x for x in log.splitlines() if "Deprecat" in x]
 
 
 def test_wheel_ships_one_package_and_the_stylesheet(installed: Path):

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,33 @@ def test_selective_restore_and_undo(stack: TestStack, tmp_path: Path):
     assert kept_databases(stack) == []
     stack.psql("functions_db", "DROP TABLE outside_the_restore")
     assert state(stack) == at_backup
+
+
+def test_undo_point_is_released_after_keep_undo_hours(stack: TestStack, tmp_path: Path):
+    """A verified restore's undo point goes by itself once ``[restore] keep_undo_hours``
+    passed: at the next backup (the schedule's runs included), with a history entry that
+    ends the undo window for retention too."""
+    cfg = stack.write_config(tmp_path, restore={"keep_undo_hours": 0.001})  # 3.6 s
+    r = run_dcb("backup", "-q", "--db", "functions_db", "--config", str(cfg))
+    assert r.code == 0, r.err
+    set_id = r.out.strip()
+    r = run_dcb("restore", set_id, "--db", "functions_db", "--yes", "--json", "--config",
+                str(cfg))
+    assert r.code == 0, r.err + r.out
+    rid = json.loads(r.out)["report"]["restore_id"]
+    assert kept_databases(stack) == [f"functions_db__dcb_undo_{rid}"]
+    [point] = json.loads(run_dcb("undo", "--json", "--config", str(cfg)).out)
+    assert point["state"] == "verified" and point["expires_at"]
+    time.sleep(4)
+    r = run_dcb("backup", "--db", "functions_db", "--config", str(cfg))
+    assert r.code == 0, r.err
+    assert f"releasing the undo point of {rid}" in r.err + r.out
+    assert kept_databases(stack) == []
+    assert json.loads(run_dcb("undo", "--json", "--config", str(cfg)).out) == []
+    hist = json.loads(run_dcb("history", "--json", "--config", str(cfg)).out)
+    assert ("undo-release", rid) in [(h["kind"], h.get("id")) for h in hist]
+    u = run_dcb("undo", rid, "--yes", "--config", str(cfg))
+    assert u.code == 1 and "was released" in u.err
 
 
 def test_without_mountpoints_a_safety_set_is_the_way_back(stack: TestStack, tmp_path: Path):

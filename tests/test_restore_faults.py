@@ -6,7 +6,8 @@ complete, not swapped in), before verification, and (SIGKILL) between the swap's
 Then the signal. What a user checks afterwards: the exit code (130
 for Ctrl-C), the incident log's last step, the app container running again (by the run
 itself after Ctrl-C, by the next dcb run after SIGKILL), no staged dump left in PostgreSQL's
-data volume, and ``dcb undo`` bringing back exactly the state before the restore.
+data volume (after SIGKILL too, before any other dcb run), and ``dcb undo`` bringing back
+exactly the state before the restore.
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def test_restore_interrupted(stack: TestStack, damaged: tuple[Path, str, dict[st
         assert staged_dumps(stack) == []
     else:
         assert code == -signal.SIGKILL
+        # The staged dump goes with the killed run, before any other dcb run: its keeper in
+        # the container removes it when Docker closes the keeper's stdin.
+        deadline = time.monotonic() + 15
+        while staged_dumps(stack) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert staged_dumps(stack) == []
     if point == "validate":
         assert found is None  # nothing started
         assert state(stack) == before
@@ -175,3 +182,75 @@ def test_restore_interrupted(stack: TestStack, damaged: tuple[Path, str, dict[st
                and f"| {outcome} |" in line for line in md.out.splitlines()), md.out
     names = stack.psql("postgres", "SELECT datname FROM pg_database").split()
     assert "functions_db__dcb_restore" not in names
+
+
+# An index whose expression sleeps: pg_restore builds it after the data, silent all along.
+SLOW_DB = "slowdb"
+SLOW_SQL = ("CREATE FUNCTION slow_key(n int) RETURNS int LANGUAGE sql IMMUTABLE "
+            "AS 'SELECT n FROM pg_sleep(1.6)';\n"
+            "CREATE TABLE t (n int);\nINSERT INTO t SELECT generate_series(1, 5);\n"
+            "CREATE INDEX t_slow ON t (slow_key(n));\n")
+
+
+def slow_sessions(stack: TestStack) -> list[str]:
+    return stack.psql("postgres", "SELECT pid FROM pg_stat_activity WHERE query LIKE "
+                                  "'CREATE INDEX t_slow%'").split()
+
+
+def test_silent_pg_restore_has_no_hidden_timeout_and_ctrl_c_ends_it(stack: TestStack,
+                                                                    tmp_path: Path) -> None:
+    """pg_restore silent (building an index) for longer than a Docker API request may take
+    (``[timeouts] docker_api = 3``): the restore completes. Ctrl-C during that silence ends
+    it at once with its server sessions: exit 130, the old database untouched."""
+    stack.psql("postgres", f"CREATE DATABASE {SLOW_DB}")
+    try:
+        stack.psql(SLOW_DB, SLOW_SQL)
+        cfg = stack.write_config(tmp_path, stack={"databases": [SLOW_DB]},
+                                 timeouts={"docker_api": 3})
+        r = run_dcb("backup", "-q", "--db", SLOW_DB, "--config", str(cfg))
+        assert r.code == 0, r.err
+        set_id = r.out.strip()
+        args = ("restore", set_id, "--db", SLOW_DB, "--yes", "--no-safety-backup",
+                "--config", str(cfg))
+
+        t0 = time.monotonic()
+        r = run_dcb(*args, "--json")
+        took = time.monotonic() - t0
+        assert r.code == 0, r.err + r.out
+        assert "Traceback" not in r.err
+        report = json.loads(r.out)["report"]
+        assert report["verification"] == {f"database {SLOW_DB}": []}
+        assert took > 8, took  # five index rows of 1.6 s each, in one silent pg_restore
+
+        stack.psql(SLOW_DB, "INSERT INTO t VALUES (6)")  # the old database, to be kept
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DCB_")}
+        err = tmp_path / "stderr"
+        with open(err, "w") as errf:
+            proc = subprocess.Popen([str(DCB), *args], stdout=subprocess.DEVNULL, stderr=errf,
+                                    stdin=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not slow_sessions(stack):
+                assert proc.poll() is None, err.read_text()
+                assert time.monotonic() < deadline, "pg_restore never built the index"
+                time.sleep(0.1)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        assert code == 130, err.read_text()
+        assert took < 5, took  # not after the index (up to 8 s more)
+        assert "Traceback" not in err.read_text()
+        assert slow_sessions(stack) == []
+        names = stack.psql("postgres", "SELECT datname FROM pg_database").split()
+        assert f"{SLOW_DB}__dcb_restore" not in names
+        assert stack.psql(SLOW_DB, "SELECT count(*) FROM t").strip() == "6"
+        assert staged_dumps(stack) == []
+    finally:
+        for db in stack.psql("postgres", "SELECT datname FROM pg_database WHERE datname "
+                                         f"LIKE '{SLOW_DB}%'").split():
+            stack.psql("postgres", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -26,14 +26,20 @@ from dcb.services.du import ScanProgress
 from dcb.tui.app import DcbApp
 from dcb.tui.screens.common import HelpScreen
 from dcb.tui.screens.dashboard import DashboardScreen
+from dcb.tui.screens.docker_du import CleanupScreen
 from dcb.tui.screens.du import DuScreen
+from dcb.tui.screens.history import HistoryScreen
 from dcb.tui.screens.restore import RestoreWizard
-from dcb.tui.screens.tasks import BackupScopeScreen, SetDetailScreen
+from dcb.tui.screens.tasks import BackupScopeScreen, PruneScreen, SetDetailScreen
 from dcb.widgets.backups_table import BackupsTable
+from dcb.widgets.docker_usage import DockerUsageView
 from tests.snapshot_fixtures import (
     DU_ROOT,
     FIXED_NOW,
+    SCHEDULE_TOML,
     FixedSources,
+    make_check,
+    make_schedule,
     make_sets,
     write_config,
     write_du_tree,
@@ -92,6 +98,8 @@ async def dashboard_ready(pilot: Pilot[Any], docker_down: bool = False) -> Dashb
         if not isinstance(s, DashboardScreen) or s.overview is None:
             return False
         if s.query_one(BackupsTable).row_count != len(s.overview.rows):
+            return False
+        if s.disk_picture is None:
             return False
         if docker_down:
             return "Docker engine unreachable" in s.docker_state
@@ -174,6 +182,27 @@ def test_restore_wizard_scope(snap_compare: SnapCompare, cfg: Config,
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_prune_preview(snap_compare: SnapCompare, tmp_path: Path, size: tuple[int, int]) -> None:
+    """The prune screen on the fixed sets: each set with the items and rules that keep it, the
+    highlighted set's reasons in full below; the failed and the stale incomplete set go.
+
+    The screen shows no path, so the store lives in this test's own directory (the shared
+    fixed path may be rewritten by a concurrent session)."""
+    root = tmp_path / "backups"
+    write_store(make_sets(root), root)
+    cfg = write_config(tmp_path, backup_dir=root)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await dashboard_ready(pilot)
+        screen = PruneScreen(cfg, now=FIXED_NOW)
+        await pilot.app.push_screen(screen)
+        await until(pilot, lambda: screen.plan is not None, "prune plan shown")
+        steady(pilot)
+
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_help(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
     assert snap_compare(app_for(cfg), terminal_size=size,
                         run_before=open_screen("question_mark", HelpScreen))
@@ -196,4 +225,56 @@ def test_du_browser(snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(du_screen, "scan", scan_with_fixed_elapsed)
     assert snap_compare(app_for(du_cfg), terminal_size=size, run_before=open_screen(
-        "d", DuScreen, ready=lambda s: not s.scanning))
+        "d", DuScreen, ready=lambda s: s.generation > 0 and not s.scanning))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_history(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """``h``: 40 nights of backups (two failed, one slow) charted, the store's growth projected
+    to a full disk."""
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=open_screen(
+        "h", HistoryScreen, ready=lambda s: s.stats is not None))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_alerts(snap_compare: SnapCompare, tmp_path: Path,
+                          size: tuple[int, int]) -> None:
+    """``dcb check`` finds an RPO miss and a failed job: the banner; the daemon is alive and
+    the status line shows the next run."""
+    write_store(make_sets())
+    alert_cfg = write_config(tmp_path, extra=SCHEDULE_TOML)
+    app = DcbApp(alert_cfg, FixedSources(alert_cfg, check=make_check(),
+                                         schedule=make_schedule()))
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        screen = await dashboard_ready(pilot)
+        await until(pilot, lambda: screen.check is not None, "check polled")
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_docker_view(snap_compare: SnapCompare, cfg: Config, size: tuple[int, int]) -> None:
+    """``D`` on the dashboard: Docker's usage by kind, then every item largest first (fixed
+    engine answers: a 4.2 GiB log on top, dangling images, the stack's parts marked)."""
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=open_screen(
+        "D", DuScreen, ready=lambda s: bool(s.query(DockerUsageView))
+        and s.query_one(DockerUsageView).report is not None))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_docker_cleanup_preview(snap_compare: SnapCompare, cfg: Config,
+                                size: tuple[int, int]) -> None:
+    """``c`` in the Docker view: exactly the stopped containers to remove, the stack's worker
+    not offered, the typed confirmation."""
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await open_screen("D", DuScreen, ready=lambda s: bool(s.query(DockerUsageView))
+                          and s.query_one(DockerUsageView).report is not None)(pilot)
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CleanupScreen),
+                    "cleanup preview shown")
+        steady(pilot)
+
+    assert snap_compare(app_for(cfg), terminal_size=size, run_before=run_before)

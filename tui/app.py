@@ -21,6 +21,7 @@ from dcb.tui.screens.tasks import (
     BackupScopeScreen,
     BackupScreen,
     PruneScreen,
+    ReplicateScreen,
     TaskScreen,
     VerifyScreen,
 )
@@ -45,6 +46,9 @@ class DcbApp(App[int]):
         self.sources = sources
 
     def on_mount(self) -> None:
+        if self.cfg.stack.demo:  # `dcb demo`: say so, and what to try
+            self.sub_title = (f"DEMO stack {self.cfg.stack.demo}: back up (b), run "
+                              "`dcb demo break` elsewhere, restore (r)")
         self.push_screen(DashboardScreen(self.cfg, self.sources))
 
     # -- state ----------------------------------------------------------------------------
@@ -104,16 +108,35 @@ class DcbApp(App[int]):
     def start_verify(self, set_id: str, deep: bool) -> None:
         self.push_screen(VerifyScreen(self.cfg, set_id, deep), self._refresh_dashboard)
 
+    def start_replicate(self, set_id: str) -> None:
+        if not self.cfg.replication.destinations:
+            self.notify("no destinations: add a [replication.NAME] table to dcb.toml",
+                        severity="warning")
+            return
+        if self.busy:
+            self.notify("a backup, restore or replication is already running",
+                        severity="warning")
+            return
+        self.push_screen(ReplicateScreen(self.cfg, set_id), self._refresh_dashboard)
+
     def action_prune(self) -> None:
         self.push_screen(PruneScreen(self.cfg), self._refresh_dashboard)
 
-    def action_du(self) -> None:
+    def action_du(self, docker: bool = False) -> None:
         try:
             from dcb.tui.screens.du import DuScreen
         except ImportError:
             self.notify("disk-usage browser not available", severity="error")
             return
-        self.push_screen(DuScreen(self.cfg.backup_dir))
+        self.push_screen(DuScreen(self.cfg.backup_dir, self.sources or Sources(self.cfg),
+                                  docker=docker), self._after_du)
+
+    def _after_du(self, _result: object = None) -> None:
+        if self.dashboard is not None:
+            self.dashboard.poll_disk()  # a cleanup may have freed space
+
+    def action_du_docker(self) -> None:
+        self.action_du(docker=True)
 
     def action_objectives(self) -> None:
         try:
@@ -122,6 +145,13 @@ class DcbApp(App[int]):
             self.notify("recovery objectives not available", severity="error")
             return
         self.push_screen(ObjectivesScreen(self.cfg))
+
+    def action_history(self) -> None:
+        from dcb.tui.screens.history import HistoryScreen
+
+        d = self.dashboard
+        self.push_screen(HistoryScreen(d.sources if d is not None else
+                                       (self.sources or Sources(self.cfg))))
 
     def action_help(self) -> None:
         ours: list[tuple[str, str]] = []
@@ -143,8 +173,12 @@ class DcbApp(App[int]):
         yield SystemCommand("Prune", "Preview and apply the retention policy",
                             self.action_prune)
         yield SystemCommand("Disk usage", "Browse the backup directory by size", self.action_du)
+        yield SystemCommand("Docker disk usage", "What Docker keeps on disk; safe cleanup",
+                            self.action_du_docker)
         yield SystemCommand("Recovery objectives", "RPO/RTO per database and volume",
                             self.action_objectives)
+        yield SystemCommand("History", "Run durations, sizes, success rate, disk growth",
+                            self.action_history)
         yield SystemCommand("Help", "Every key", self.action_help)
 
 

@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
+
+from rich.markup import escape
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
 from dcb.services import formatting as fmt
 from dcb.services.overview import SetRow
 
 STATUS_STYLE = {"complete": "green", "legacy": "cyan", "incomplete": "yellow",
-                "failed": "b red"}
+                "failed": "b red", "running": "b blue"}
 SORT_KEYS = ("created", "size", "status")
 MAX_ROWS = 500
 """Rows drawn at once: the table measures every cell it holds, so thousands of sets would
 stall the UI. Filtering and sorting still run over all sets."""
 
 
+def effective_status(r: SetRow) -> str:
+    return "running" if r.running is not None else r.set.status
+
+
+def status_markup(r: SetRow) -> str:
+    """``running`` (and by whom: the lock holder) for a set being written, else its status;
+    since when is the Age column."""
+    if r.running is not None:
+        return (f"[{STATUS_STYLE['running']}]running[/] "
+                f"({escape(r.running.holder.describe())})")
+    style = STATUS_STYLE.get(r.set.status, "")
+    return f"[{style}]{r.set.status}[/]" if style else r.set.status
+
+
+def row_size(r: SetRow) -> str:
+    return fmt.size(r.running.bytes_written if r.running else r.set.size_bytes)
+
+
 class BackupsTable(DataTable[str]):
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, replicated: bool = False, **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
+        self.replicated = replicated
+        """Show the Replicated column (only with [replication] destinations: a column of
+        "-" would say nothing)."""
         self.rows_data: list[SetRow] = []
         self.filter_text = ""
         self.sort_key = "created"
@@ -25,22 +50,32 @@ class BackupsTable(DataTable[str]):
 
     def on_mount(self) -> None:
         self.border_title = "Backups"
-        for label, key in (("ID", "id"), ("Age", "age"), ("Size", "size"),
-                           ("Status", "status"), ("Verified", "verified"),
-                           ("Replicated", "replicated")):
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        columns = [("ID", "id"), ("Age", "age"), ("Size", "size"), ("Status", "status"),
+                   ("Verified", "verified")]
+        if self.replicated:
+            columns.append(("Replicated", "replicated"))
+        for label, key in columns:
             self.add_column(label, key=key)
 
-    def set_rows(self, rows: list[SetRow]) -> None:
+    def set_rows(self, rows: list[SetRow], replicated: bool | None = None) -> None:
+        """``replicated``: whether destinations exist (the Replicated column); None keeps it."""
+        if replicated is not None and replicated != self.replicated:
+            self.replicated = replicated
+            self.clear(columns=True)
+            self._add_columns()
         self.rows_data = rows
         self.refresh_rows()
 
     def visible_rows(self) -> list[SetRow]:
         f = self.filter_text.lower()
         rows = [r for r in self.rows_data
-                if not f or f in r.set.id.lower() or f in r.set.status]
+                if not f or f in r.set.id.lower() or f in effective_status(r)]
         key = {"created": lambda r: (r.set.created_at, r.set.id),
                "size": lambda r: (r.set.size_bytes, r.set.id),
-               "status": lambda r: (r.set.status, r.set.id)}[self.sort_key]
+               "status": lambda r: (effective_status(r), r.set.id)}[self.sort_key]
         return sorted(rows, key=key, reverse=self.sort_reverse)
 
     def refresh_rows(self) -> None:
@@ -49,10 +84,10 @@ class BackupsTable(DataTable[str]):
         rows = self.visible_rows()
         for r in rows[:MAX_ROWS]:
             s = r.set
-            style = STATUS_STYLE.get(s.status, "")
-            self.add_row(s.id, fmt.age(s.created_at), fmt.size(s.size_bytes),
-                         f"[{style}]{s.status}[/]" if style else s.status,
-                         r.verified, r.replicated, key=s.id)
+            cells = [s.id, fmt.age(s.created_at), row_size(r), status_markup(r), r.verified]
+            if self.replicated:
+                cells.append(r.replicated)
+            self.add_row(*cells, key=s.id)
         if self.filter_text:
             title = f"Backups ({len(rows)} of {len(self.rows_data)} matching " \
                     f"{self.filter_text!r}"
@@ -66,6 +101,12 @@ class BackupsTable(DataTable[str]):
                 if r.set.id == selected:
                     self.move_cursor(row=i)
                     break
+
+    def refresh_ages(self) -> None:
+        """Ages move on while the console is open (called by the dashboard's timer)."""
+        for r in self.visible_rows()[:MAX_ROWS]:
+            with contextlib.suppress(CellDoesNotExist):
+                self.update_cell(r.set.id, "age", fmt.age(r.set.created_at))
 
     def cycle_sort(self) -> str:
         i = SORT_KEYS.index(self.sort_key)

@@ -13,36 +13,61 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input
 
 from dcb.services.config import Config
 from dcb.services.disk import DiskUsage
+from dcb.services.disk_picture import DiskPicture
 from dcb.services.errors import DcbError
 from dcb.services.events import ContainerChanged, EngineDown, EngineUp, WatchEvent
+from dcb.services.ops.check import CheckReport
+from dcb.services.ops.heartbeat import DaemonState
 from dcb.services.overview import StoreOverview
 from dcb.services.status import StackStatus
 from dcb.tui.messages import ContainerEvent
 from dcb.tui.sources import Sources
 from dcb.widgets.backups_table import BackupsTable
-from dcb.widgets.status_panes import ContainersPane, DiskPane, StatusLine
+from dcb.widgets.coverage_line import CoverageLine
+from dcb.widgets.destinations_pane import DestinationsPane
+from dcb.widgets.status_panes import (
+    AlertBanner,
+    ContainersPane,
+    DiskPane,
+    StatusLine,
+    schedule_markup,
+)
 
 if TYPE_CHECKING:
     from dcb.tui.app import DcbApp
 
 POLL_SECONDS = 10.0
+DISK_POLL_SECONDS = 60.0
+"""The Disk pane's filesystems and offenders (Docker's disk usage is costly to compute)."""
+AGE_REFRESH_SECONDS = 30.0
+"""Ages and uptimes are redrawn this often (from the display clock, ``formatting.now``)."""
 
 
 class Polled(Message):
     def __init__(self, status: StackStatus | None, overview: StoreOverview | None,
                  error: DcbError | None, started: float = 0.0,
-                 disk: DiskUsage | None = None) -> None:
+                 disk: DiskUsage | None = None, check: CheckReport | None = None,
+                 schedule: DaemonState | None = None) -> None:
         super().__init__()
         self.disk = disk
+        self.check = check
+        self.schedule = schedule
         self.started = started
         """monotonic time the poll began: what it saw may be older than a later event."""
         self.status = status
         self.overview = overview
         self.error = error
+
+
+class DiskPictured(Message):
+    def __init__(self, picture: DiskPicture) -> None:
+        super().__init__()
+        self.picture = picture
 
 
 class DashboardScreen(Screen[None]):
@@ -52,9 +77,13 @@ class DashboardScreen(Screen[None]):
         Binding("v", "verify(False)", "Verify", id="verify"),
         Binding("V", "verify(True)", "Deep verify", show=False, id="verify-deep"),
         Binding("p", "app.prune", "Prune", id="prune"),
+        Binding("R", "replicate", "Replicate to the destinations", show=False,
+                id="replicate"),
         Binding("d", "app.du", "Disk usage", show=False, id="du"),
+        Binding("D", "app.du_docker", "Docker disk usage", show=False, id="du-docker"),
         Binding("o", "app.objectives", "Recovery objectives (RPO/RTO)", show=False,
                 id="objectives"),
+        Binding("h", "app.history", "History and growth charts", show=False, id="history"),
         Binding("enter", "details", "Details", show=False, id="details"),
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("s", "sort", "Sort", show=False, id="sort"),
@@ -70,16 +99,23 @@ class DashboardScreen(Screen[None]):
         self.overview: StoreOverview | None = None
         self.docker_state = "connecting…"
         self.disk: DiskUsage | None = None
+        self.check: CheckReport | None = None
+        self.schedule: DaemonState | None = None
+        self.disk_picture: DiskPicture | None = None
+        self._disk_timer: Timer | None = None
         self._stop_watch = threading.Event()
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield StatusLine(id="statusline")
+        yield CoverageLine(id="coverage")
+        yield AlertBanner(id="alerts")
         with Horizontal(id="top"):
             yield ContainersPane(id="containers")
             yield DiskPane(id="disk")
+        yield DestinationsPane(self.cfg.objectives.rpo_hours, id="destinations")
         yield Input(placeholder="filter by id or status…", id="filter")
-        yield BackupsTable(id="backups")
+        yield BackupsTable(replicated=bool(self.cfg.replication.destinations), id="backups")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -88,10 +124,14 @@ class DashboardScreen(Screen[None]):
             roles.setdefault(n, "app")
         self.query_one(ContainersPane).set_roles(roles)
         self.query_one("#filter", Input).display = False
+        self.query_one(DestinationsPane).display = False
+        self.query_one(AlertBanner).display = False
         self.query_one(BackupsTable).focus()
         self._render_status()
         self.watch_docker(list(roles))
         self.poll()
+        self.poll_disk()
+        self.set_interval(AGE_REFRESH_SECONDS, self.refresh_ages)
 
     def on_unmount(self) -> None:
         self._stop_watch.set()
@@ -113,6 +153,11 @@ class DashboardScreen(Screen[None]):
             overview = self.sources.overview()
         except (DcbError, OSError) as e:
             error = e if isinstance(e, DcbError) else DcbError(str(e))
+        check: CheckReport | None = None
+        schedule: DaemonState | None = None
+        with contextlib.suppress(DcbError, OSError):  # the banner must never break the poll
+            check = self.sources.check()
+            schedule = self.sources.schedule()
         disk = None
         try:
             status = self.sources.status()
@@ -120,15 +165,42 @@ class DashboardScreen(Screen[None]):
             error = e
             with contextlib.suppress(OSError):
                 disk = self.sources.disk()
-        self.post_message(Polled(status, overview, error, started, disk))
+        self.post_message(Polled(status, overview, error, started, disk, check, schedule))
+
+    @work(thread=True, exclusive=True, group="dashboard-disk", exit_on_error=False)
+    def poll_disk(self) -> None:
+        self.post_message(DiskPictured(self.sources.disk_picture()))
+
+    @on(DiskPictured)
+    def _disk_pictured(self, msg: DiskPictured) -> None:
+        self.disk_picture = msg.picture
+        self._render_status()
+        self._arm_disk_poll()
+
+    def _arm_disk_poll(self) -> None:
+        # One timer at a time: an extra poll (after a cleanup) replaces the pending one.
+        if self._disk_timer is not None:
+            self._disk_timer.stop()
+        self._disk_timer = self.set_timer(DISK_POLL_SECONDS, self._poll_disk_if_visible)
+
+    def _poll_disk_if_visible(self) -> None:
+        if self.app.screen is self:
+            self.poll_disk()
+        else:
+            self._arm_disk_poll()
 
     @on(Polled)
     def _polled(self, msg: Polled) -> None:
+        self.check = msg.check
+        self.schedule = msg.schedule
+        self.query_one(AlertBanner).show(msg.check)
         if msg.overview is not None:
             changed = self.overview is None or self.overview.rows != msg.overview.rows
             self.overview = msg.overview
             if changed:  # rebuilding a big table every poll would stall the UI
-                self.query_one(BackupsTable).set_rows(list(msg.overview.rows))
+                self.query_one(BackupsTable).set_rows(
+                    list(msg.overview.rows), replicated=bool(msg.overview.destinations))
+            self.query_one(DestinationsPane).show(msg.overview.destinations)
         if msg.status is not None:
             self.status = msg.status
             self.query_one(ContainersPane).show(msg.status, as_of=msg.started)
@@ -161,10 +233,20 @@ class DashboardScreen(Screen[None]):
 
     def _render_status(self) -> None:
         problems = self.status.problems if self.status is not None else ()
-        self.query_one(StatusLine).show(self.overview, self.docker_state, problems)
+        sched = schedule_markup(len(self.cfg.schedule.jobs), self.schedule,
+                                self.cfg.check.heartbeat_stale_minutes)
+        self.query_one(StatusLine).show(self.overview, self.docker_state, problems, sched)
+        self.query_one(CoverageLine).show(self.status.warnings if self.status else ())
         # The disk is local: shown even while Docker is unreachable.
         self.query_one(DiskPane).show(self.status, self.overview,
-                                      self.cfg.storage.min_free_percent, self.disk)
+                                      self.cfg.storage.min_free_percent, self.disk,
+                                      self.disk_picture)
+
+    def refresh_ages(self) -> None:
+        """"3 minutes ago" must not stay 3 minutes while the console is open."""
+        self.query_one(BackupsTable).refresh_ages()
+        self.query_one(ContainersPane).refresh_uptimes()
+        self._render_status()
 
     # -- actions --------------------------------------------------------------------------
     def action_refresh(self) -> None:
@@ -228,3 +310,10 @@ class DashboardScreen(Screen[None]):
             self.notify("select a backup set to verify", severity="warning")
             return
         self._app.start_verify(sid, deep)
+
+    def action_replicate(self) -> None:
+        sid = self._selected()
+        if sid is None:
+            self.notify("select a backup set to replicate", severity="warning")
+            return
+        self._app.start_replicate(sid)

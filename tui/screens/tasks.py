@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Label, RadioButton, RadioSet, Static
 
 from dcb.services import formatting as fmt
 from dcb.services.backup import BackupRequest, BackupRun
-from dcb.services.config import Config
+from dcb.services.config import Config, RetentionConfig
 from dcb.services.docker_gateway import DockerGateway
 from dcb.services.errors import Cancelled, DcbError
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import Event
-from dcb.services.prune import plan_prune, prune
-from dcb.services.retention import Decision
+from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview
+from dcb.services.replicate import ReplicationResult, replicate, replicate_after_backup
+from dcb.services.retention import REASON_REMOVE, Decision, items_of
 from dcb.services.store import BackupSet, BackupStore
 from dcb.services.verify import SetCheck, verified_now, verify_set
 from dcb.tui.messages import ServiceEvent
@@ -163,17 +166,52 @@ class BackupScreen(TaskScreen):
     def __init__(self, cfg: Config, scope: str = "all") -> None:
         super().__init__(cfg)
         self.scope = scope
+        self.replication: ReplicationResult | None = None
 
     def work(self) -> BackupSet:
         req = {"all": BackupRequest(),
                "databases": BackupRequest(volumes=()),
                "volumes": BackupRequest(databases=())}[self.scope]
-        return BackupRun(self.cfg, self.reporter, self.cancel).run(req)
+        s = BackupRun(self.cfg, self.reporter, self.cancel).run(req)
+        # [replication] after_backup: the new set goes off-site at once, same progress.
+        self.replication = replicate_after_backup(self.cfg, s, self.reporter, self.cancel)
+        return s
 
     def describe(self, result: Any) -> str:
         s: BackupSet = result
-        return (f"[green]✓ backup {s.id} complete[/]: {len(s.artifacts)} artifacts, "
+        text = (f"[green]✓ backup {s.id} complete[/]: {len(s.artifacts)} artifacts, "
                 f"{fmt.size(s.size_bytes)} in {fmt.duration(s.duration_seconds)}")
+        for d in self.replication.destinations if self.replication else ():
+            text += (f"\n[b red]✗ replication to {d.name}: {d.error}[/]" if d.error
+                     else f"\n[green]✓ replicated to {d.name}[/]")
+        return text
+
+
+class ReplicateScreen(TaskScreen):
+    """``R``: the selected set to every destination, with the backup's progress display."""
+
+    title_text = "Replicate"
+
+    def __init__(self, cfg: Config, set_id: str) -> None:
+        super().__init__(cfg)
+        self.set_id = set_id
+        self.title_text = f"Replicate {set_id}"
+
+    def work(self) -> ReplicationResult:
+        return replicate(self.cfg, [self.set_id], reporter=self.reporter, cancel=self.cancel)
+
+    def describe(self, result: Any) -> str:
+        r: ReplicationResult = result
+        lines = []
+        for d in r.destinations:
+            if d.error:
+                lines.append(f"[b red]✗ {d.name}: {d.error}[/]")
+            elif d.copied:
+                lines.append(f"[green]✓ {d.name}: copied and verified[/] "
+                             f"({fmt.size(d.bytes)} in {fmt.duration(d.seconds)})")
+            else:
+                lines.append(f"[green]✓ {d.name}: already there[/]")
+        return "\n".join(lines)
 
 
 class VerifyScreen(TaskScreen):
@@ -186,12 +224,12 @@ class VerifyScreen(TaskScreen):
         self.title_text = f"{'Deep verify' if deep else 'Verify'} {set_id}"
 
     def work(self) -> SetCheck:
-        from dcb.services.backup import append_history
+        from dcb.services.state import state_for
 
         s = BackupStore.for_config(self.cfg).get(self.set_id)
         gw = pg = None
         if self.deep:
-            gw = DockerGateway.connect()
+            gw = DockerGateway.connect(self.cfg.timeouts.docker_api)
             st = self.cfg.stack
             pg = PgGateway(gw, st.postgres_container, st.postgres_user,
                            self.cfg.postgres_password())
@@ -202,9 +240,9 @@ class VerifyScreen(TaskScreen):
         finally:
             if gw is not None:
                 gw.close()
-        append_history(self.cfg.backup_dir, {"kind": "verify", "id": s.id, "ok": r.ok,
-                                             "deep": self.deep, "at": verified_now(),
-                                             "problems": r.problems()})
+        state_for(self.cfg).append_history({"kind": "verify", "id": s.id, "ok": r.ok,
+                                            "deep": self.deep, "at": verified_now(),
+                                            "problems": r.problems()})
         return r
 
     def describe(self, result: Any) -> str:
@@ -214,59 +252,180 @@ class VerifyScreen(TaskScreen):
         return f"[b red]✗ {r.set_id} FAILED[/]\n" + "\n".join(r.problems())
 
 
+class PrunePlanned(Message):
+    """A prune preview is ready (``note``: why it was made again)."""
+
+    def __init__(self, plan: PrunePlan | None, error: DcbError | None = None,
+                 note: str = "") -> None:
+        super().__init__()
+        self.plan = plan
+        self.error = error
+        self.note = note
+
+
+def _policy_text(r: RetentionConfig) -> str:
+    """``keep_last=0 daily=7 weekly=4 monthly=12``, per group when they differ."""
+    def one(p: RetentionConfig) -> str:
+        return (f"keep_last={p.keep_last} daily={p.keep_daily} weekly={p.keep_weekly} "
+                f"monthly={p.keep_monthly}")
+
+    dbs, vols = r.for_group("databases"), r.for_group("volumes")
+    return one(dbs) if dbs == vols else f"databases {one(dbs)}; volumes {one(vols)}"
+
+
+def _short_reasons(d: Decision) -> str:
+    """The table's decision text: "all 5 items: daily 1" when every item of the set is kept by
+    the same rules (the pane below the table lists them by name)."""
+    rules = {k.rules for k in d.kept_by}
+    if len(d.kept_by) > 1 and len(rules) == 1 and len(d.kept_by) == len(items_of(d.set)):
+        return f"all {len(d.kept_by)} items: {', '.join(d.kept_by[0].rules)}"
+    return "; ".join(r for r in d.reasons if r != REASON_REMOVE)
+
+
 class PruneScreen(Screen[bool]):
-    """What prune would remove and why; then confirmation."""
+    """What prune would remove and why; ``x`` removes exactly what is shown, after confirmation.
+
+    The screen holds the ``PrunePlan`` it shows and hands that plan to the service: if the store
+    changed so that a shown removal no longer holds, nothing is removed and the new plan
+    replaces the table (restic's forget, with k9s's rule that the dialog holds the action).
+    """
 
     BINDINGS = [Binding("escape", "dismiss(False)", "Back"),
                 Binding("x", "prune", "Remove", id="prune")]
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, now: datetime | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.decisions: list[Decision] = []
+        self.now = now
+        """The clock for the plan (tests pin it); None: the real time."""
+        self.plan: PrunePlan | None = None
+        self.busy = False
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("[b]Prune[/]: what the retention policy keeps and removes", id="summary")
+        yield Static("[b]Prune[/]: reading the backup store…", id="summary")
         yield DataTable(id="plan", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="prune-why")
         yield Footer()
 
     def on_mount(self) -> None:
-        r = self.cfg.retention
         t = self.query_one(DataTable)
         t.add_columns("ID", "Created", "Status", "Size", "Decision")
-        self.decisions = plan_prune(self.cfg)
-        for d in self.decisions:
-            decision = ("[green]keep[/]: " if d.keep else "[red]remove[/]: ") + ", ".join(d.reasons)
-            t.add_row(d.set.id, d.set.created_at.strftime("%Y-%m-%d %H:%M"), d.set.status,
-                      fmt.size(d.set.size_bytes), decision)
-        gone = [d for d in self.decisions if not d.keep]
-        self.query_one("#summary", Static).update(
-            f"[b]Prune[/] with keep_last={r.keep_last} daily={r.keep_daily} "
-            f"weekly={r.keep_weekly} monthly={r.keep_monthly}: "
-            f"{len(gone)} of {len(self.decisions)} sets would be removed, freeing "
-            f"{fmt.size(sum(d.set.size_bytes for d in gone))}. Press x to remove.")
         t.focus()
+        self.busy = True
+        self.make_plan()
+
+    @work(thread=True, exclusive=True, group="prune-plan", exit_on_error=False)
+    def make_plan(self) -> None:
+        try:
+            self.post_message(PrunePlanned(preview(self.cfg, self.now)))
+        except DcbError as e:
+            self.post_message(PrunePlanned(None, e))
+        except Exception as e:  # keep the type in the message; never crash the console
+            self.post_message(PrunePlanned(None, DcbError(f"{type(e).__name__}: {e}")))
+
+    @on(PrunePlanned)
+    def _planned(self, msg: PrunePlanned) -> None:
+        self.busy = False
+        if msg.plan is None:
+            err = msg.error or DcbError("no plan")
+            self.query_one("#summary", Static).update(f"[b red]✗ {escape(err.message)}[/]")
+            return
+        self.show_plan(msg.plan, msg.note)
+
+    def show_plan(self, plan: PrunePlan, note: str = "") -> None:
+        self.plan = plan
+        t = self.query_one(DataTable)
+        t.clear()
+        for d in plan.decisions:
+            s = d.set
+            status = s.status if s.purpose == "backup" else f"{s.status} ({s.purpose})"
+            why = _short_reasons(d)
+            decision = ("[green]keep[/]" if d.keep else "[red]remove[/]") + (
+                f": {why}" if why else "")
+            t.add_row(s.id, s.created_at.strftime("%Y-%m-%d %H:%M"), status,
+                      fmt.size(s.size_bytes), decision, key=s.id)
+        gone = plan.removals
+        text = (f"[b]Prune[/] with {_policy_text(plan.policy)}, per database and volume: "
+                f"{len(gone)} of {len(plan.decisions)} sets would be removed, freeing "
+                f"{fmt.size(plan.bytes_to_free)}."
+                + (" Press x to remove them." if gone else ""))
+        if note:
+            text = f"[b yellow]{escape(note)}[/]\n" + text
+        self.query_one("#summary", Static).update(text)
+        self._show_why(0)
+        self.app.refresh_bindings()
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_why(event.cursor_row)
+
+    def _show_why(self, row: int) -> None:
+        why = self.query_one("#prune-why", Static)
+        if self.plan is None or not 0 <= row < len(self.plan.decisions):
+            why.update("")
+            return
+        d = self.plan.decisions[row]
+        head = f"[b]{d.set.id}[/] " + ("[green]kept[/]" if d.keep else "[red]removed[/]")
+        reasons = ["no rule keeps any of its items: newer copies of each are kept"
+                   if r == REASON_REMOVE else r for r in d.reasons]
+        why.update("\n".join([head, *(f"  {r}" for r in reasons)]))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "prune" and (self.busy or self.plan is None or not self.plan.removals):
+            return None  # shown disabled: nothing (yet) to remove
+        return True
 
     def action_prune(self) -> None:
-        gone = [d for d in self.decisions if not d.keep]
+        plan = self.plan
+        if plan is None or self.busy:
+            return
+        gone = plan.removals
         if not gone:
             self.notify("nothing to remove")
             return
 
         def decided(yes: bool | None) -> None:
             if yes:
-                try:
-                    res = prune(self.cfg)
-                except DcbError as e:
-                    self.notify(e.message, severity="error")
-                    return
-                self.notify(f"removed {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}")
-                self.dismiss(True)
+                self.busy = True
+                self.app.refresh_bindings()
+                self.run_prune(plan)
 
         self.app.push_screen(ConfirmScreen(
-            f"Remove {len(gone)} backup sets?\n\n" + "\n".join(d.set.id for d in gone[:10])
-            + ("\n…" if len(gone) > 10 else ""), yes="Remove", danger=True), decided)
+            f"Remove {len(gone)} backup sets ({fmt.size(plan.bytes_to_free)})?\n\n"
+            + "\n".join(d.set.id for d in gone[:10]) + ("\n…" if len(gone) > 10 else ""),
+            yes="Remove", danger=True), decided)
+
+    @work(thread=True, exclusive=True, group="prune-run", exit_on_error=False)
+    def run_prune(self, plan: PrunePlan) -> None:
+        try:
+            result = execute(self.cfg, plan, self.now)
+        except PlanChanged as e:
+            self.post_message(PrunePlanned(e.current, note=f"{e.message}. Nothing was "
+                                           "removed; this is the new plan."))
+            return
+        except DcbError as e:
+            self.post_message(TaskDone(error=e))
+            return
+        except Exception as e:  # keep the type in the message; never crash the console
+            self.post_message(TaskDone(error=DcbError(f"{type(e).__name__}: {e}")))
+            return
+        self.post_message(TaskDone(result=result))
+
+    @on(TaskDone)
+    def _pruned(self, msg: TaskDone) -> None:
+        self.busy = False
+        self.app.refresh_bindings()
+        if msg.error is not None:
+            self.notify(msg.error.message + (f"\n{msg.error.hint}" if msg.error.hint else ""),
+                        severity="error")
+            return
+        res: PruneResult = msg.result
+        text = f"removed {len(res.removed)} sets, freed {fmt.size(res.freed_bytes)}"
+        if res.also_removable:
+            text += f"; {len(res.also_removable)} more can go now: press p again"
+        self.notify(text)
+        self.dismiss(True)
 
 
 class SetDetailScreen(Screen[None]):

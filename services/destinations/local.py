@@ -1,0 +1,122 @@
+"""``type = "local"``: a directory (a second disk, a NAS mount). A set is copied into
+``.incoming-<id>`` beside its final place, every file fsynced and read back against its
+SHA-256, then the directory is renamed into place: a copy is whole or absent."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from dcb.services.artifacts import CHUNK, fsync_dir, sha256_file
+from dcb.services.destinations.base import (
+    MAX_MANIFEST_BYTES,
+    Destination,
+    SetFile,
+    Transfer,
+    manifest_last,
+)
+from dcb.services.store import DIR_MODE, MANIFEST, SET_ID_RE
+
+
+class LocalDestination(Destination):
+    type = "local"
+
+    @property
+    def root(self) -> Path:
+        return self.cfg.resolve_path(self.dcfg.path)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def list_sets(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise self.error(f"cannot list {self.root}: {e.strerror}") from None
+        return sorted(e.name for e in entries
+                      if SET_ID_RE.match(e.name) and e.is_dir(follow_symlinks=False)
+                      and os.path.isfile(os.path.join(e.path, MANIFEST)))
+
+    def put_set(self, set_dir: Path, set_id: str, files: Sequence[SetFile],
+                transfer: Transfer) -> None:
+        final = self.root / set_id
+        tmp = self.root / f".incoming-{set_id}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            if tmp.exists():  # left by a killed run
+                shutil.rmtree(tmp)
+            tmp.mkdir(mode=DIR_MODE)
+            for f in manifest_last(files):
+                self._copy(set_dir / f.name, tmp / f.name, f, transfer)
+            fsync_dir(tmp)
+            if final.exists():
+                raise self.error(f"{final} appeared meanwhile")
+            os.rename(tmp, final)
+            fsync_dir(self.root)
+        except OSError as e:
+            raise self.error(f"cannot write {self.root}: {e.strerror}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _copy(self, src: Path, dst: Path, f: SetFile, transfer: Transfer) -> None:
+        h = hashlib.sha256()
+        n = 0
+        with open(src, "rb") as r, open(dst, "xb") as w:
+            os.fchmod(w.fileno(), 0o600)
+            while b := r.read(CHUNK):
+                transfer.check()
+                h.update(b)
+                w.write(b)
+                n += len(b)
+                transfer.add(len(b))
+            w.flush()
+            os.fsync(w.fileno())
+        if n != f.size_bytes or (f.sha256 and h.hexdigest() != f.sha256):
+            raise self.error(f"{src} changed or is damaged: it does not match its manifest",
+                             hint="`dcb verify` the set")
+        size, digest = sha256_file(dst)  # read back what landed
+        if size != f.size_bytes or (f.sha256 and digest != f.sha256):
+            raise self.error(f"the copy of {f.name} does not verify (size or SHA-256)")
+
+    def read_manifest(self, set_id: str) -> bytes:
+        p = self.root / set_id / MANIFEST
+        try:
+            with open(p, "rb") as f:
+                return f.read(MAX_MANIFEST_BYTES + 1)
+        except FileNotFoundError:
+            raise self.error(f"no set {set_id} at {self.root}",
+                             hint=f"`dcb list --from {self.name}` shows its sets") from None
+        except OSError as e:
+            raise self.error(f"cannot read {p}: {e.strerror}") from None
+
+    def fetch_files(self, set_id: str, names: Sequence[str], dest: Path,
+                    transfer: Transfer) -> None:
+        src = self.root / set_id
+        for name in names:
+            s = src / name
+            try:
+                if s.is_symlink() or not s.is_file():
+                    raise self.error(f"{set_id}/{name} is missing or not a regular file")
+                with open(s, "rb") as r, open(dest / name, "xb") as w:
+                    while b := r.read(CHUNK):
+                        transfer.add(len(b))
+                        w.write(b)
+            except OSError as e:
+                raise self.error(f"cannot read {s}: {e.strerror}") from None
+
+    def delete_set(self, set_id: str) -> None:
+        final = self.root / set_id
+        gone = self.root / f".deleting-{set_id}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+DESTINATION = LocalDestination
