@@ -331,6 +331,13 @@ class BackupRun:
                                 "warning"))
         for entry in self.root.glob("*/.*.tmp"):
             entry.unlink(missing_ok=True)
+        # A killed restore's staged dump must not end up in pg_basebackup's copy; undo points
+        # whose window ended are released (services/undo_flow.py).
+        from dcb.services.undo_flow import release_expired, remove_staged_dumps
+
+        with contextlib.suppress(DcbError, OSError):
+            remove_staged_dumps(gw, self.cfg.stack.postgres_container, self.report)
+            release_expired(self.cfg, gw, self.report)
 
     def _precheck(self, gw: DockerGateway, pg: PgGateway, plan: _Plan) -> None:
         self.report(StageStarted("precheck"))
