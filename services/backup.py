@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dcb import __version__
+from dcb.services import faults
 from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
 from dcb.services.config import Config
 from dcb.services.coverage import (
@@ -601,6 +602,8 @@ class BackupRun:
             with ArtifactWriter(set_dir / fname, write_compression,
                                 st.compression_level, self.recipients) as w:
                 damaged: CorruptArchive | None = None
+                if stopped:
+                    faults.hold("backup-app-stopped", self.cancel)
                 try:
                     try:
                         self._pump(proc, w, meter, also=check.feed)
