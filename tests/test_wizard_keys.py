@@ -83,6 +83,10 @@ async def test_wizard_by_keyboard_alone_then_estimate_from_it(stack: TestStack, 
             assert focused_id(app) == "checks-next"
             await pilot.press("enter")
             assert wizard.step == "confirm" and focused_id(app) == "confirm-input"
+            # Nothing restored from this store yet: the plan says its estimates are guesses.
+            plan_text = str(wizard.query_one("#plan-text", Static).render())
+            assert "restore database functions_db" in plan_text
+            assert "a guess: no restore measured yet" in plan_text, plan_text
             # Enter on an empty, then a wrong confirmation changes nothing.
             await pilot.press("enter")
             await pilot.press(*"wrong", "enter")
