@@ -10,8 +10,8 @@ will be left in. The result step undoes the restore (``u``) through the same ser
 
 It flows by keyboard: Enter (or ``n``) is the current step's primary action and ``b``/Escape
 goes back, wherever the focus is. Enter is a priority binding so a focused checkbox, switch or
-scroll area cannot swallow it (space still toggles); a focused button keeps Enter for itself,
-and on the confirmation step Enter runs the restore only when the typed id matches.
+scroll area cannot swallow it (space still toggles); a focused button or input keeps Enter for
+itself, and on the confirmation step Enter runs the restore only when the typed id matches.
 """
 
 from __future__ import annotations
@@ -462,11 +462,16 @@ class RestoreWizard(Screen[RestoreReport | None]):
                 return None
         return True
 
-    def action_next(self, enter: bool = False) -> None:
-        """The current step's primary action (Enter or ``n``), wherever the focus is."""
+    async def action_next(self, enter: bool = False) -> None:
+        """The current step's primary action (Enter or ``n``), wherever the focus is. A
+        focused button or input keeps Enter: the button is pressed, the input submits (the
+        confirmation field's submit advances only when the typed id matches)."""
         focused = self.focused
         if enter and isinstance(focused, Button) and not focused.disabled:
             focused.press()
+            return
+        if enter and isinstance(focused, Input):
+            await focused.action_submit()
             return
         if self.step == "scope":
             self._scope_next()
