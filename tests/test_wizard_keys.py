@@ -25,6 +25,12 @@ def focused_id(app: DcbApp) -> str | None:
     return app.focused.id if app.focused is not None else None
 
 
+async def focus_on(pilot: Pilot[Any], app: DcbApp, widget_id: str) -> None:
+    """The focus lands on ``widget_id`` (focus moves on the next refresh)."""
+    await wait_for(pilot, lambda: focused_id(app) == widget_id, timeout=10,
+                   what=f"focus on #{widget_id} (it is on {focused_id(app)})")
+
+
 async def tab_to(pilot: Pilot[Any], app: DcbApp, kind: type, key: str = "tab") -> None:
     """Move the focus with the keyboard until a widget of ``kind`` has it."""
     for _ in range(12):
@@ -57,9 +63,8 @@ async def test_wizard_by_keyboard_alone_then_estimate_from_it(stack: TestStack, 
             await wait_for(pilot, lambda: isinstance(app.screen, RestoreWizard))
             wizard = app.screen
             assert isinstance(wizard, RestoreWizard)
-            await pilot.pause()
             # Step 1: the primary action has the focus; the footer names the keys.
-            assert focused_id(app) == "scope-next"
+            await focus_on(pilot, app, "scope-next")
             keys = footer_keys(app)
             assert keys.get("enter/n") == "Next" and keys.get("esc/b") == "Back", keys
             # A focused checkbox toggles with space and does not swallow Enter.
@@ -74,15 +79,17 @@ async def test_wizard_by_keyboard_alone_then_estimate_from_it(stack: TestStack, 
             assert box.value and wizard.step == "checks"
             # Escape goes back while the checks run; n goes forward again.
             await pilot.press("escape")
-            assert wizard.step == "scope" and focused_id(app) == "scope-next"
+            assert wizard.step == "scope"
+            await focus_on(pilot, app, "scope-next")
             await pilot.press("n")
             assert wizard.step == "checks"
             next_btn = wizard.query_one("#checks-next", Button)
             await wait_for(pilot, lambda: not next_btn.disabled, timeout=120,
                            what="checks passed")
-            assert focused_id(app) == "checks-next"
+            await focus_on(pilot, app, "checks-next")
             await pilot.press("enter")
-            assert wizard.step == "confirm" and focused_id(app) == "confirm-input"
+            assert wizard.step == "confirm"
+            await focus_on(pilot, app, "confirm-input")
             # Nothing restored from this store yet: the plan says its estimates are guesses.
             plan_text = str(wizard.query_one("#plan-text", Static).render())
             assert "restore database functions_db" in plan_text
@@ -98,7 +105,8 @@ async def test_wizard_by_keyboard_alone_then_estimate_from_it(stack: TestStack, 
             assert wizard.step == "confirm"
             # Escape back to the checks (Next focused), Enter forward: the field is empty.
             await pilot.press("escape")
-            assert wizard.step == "checks" and focused_id(app) == "checks-next"
+            assert wizard.step == "checks"
+            await focus_on(pilot, app, "checks-next")
             await pilot.press("enter")
             assert wizard.step == "confirm"
             assert wizard.query_one("#confirm-input", Input).value == ""
@@ -117,8 +125,7 @@ async def test_wizard_by_keyboard_alone_then_estimate_from_it(stack: TestStack, 
             text = str(wizard.query_one("#result-text", Static).render())
             assert "Restore complete and verified" in text, text
             assert stack.table_digest("functions_db") == at_backup
-            await wait_for(pilot, lambda: focused_id(app) == "result-close", timeout=5,
-                           what="Close focused on the result step")
+            await focus_on(pilot, app, "result-close")
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
     finally:

@@ -87,6 +87,7 @@ class Executed(Message):
 
 
 class RestoreWizard(Screen[RestoreReport | None]):
+    AUTO_FOCUS = "#scope-next"
     BINDINGS = [
         Binding("enter", "next(True)", "Next", key_display="enter/n", priority=True,
                 id="next"),
