@@ -42,6 +42,9 @@ MAINTENANCE_DB = "postgres"
 # A restore replays into NAME__dcb_restore and keeps the old data as NAME__dcb_old until the
 # swap is done (services/restore.py): dcb's scratch, never a database of the app.
 SCRATCH_SUFFIXES = ("__dcb_restore", "__dcb_old")
+# What a restore replaced, kept renamed NAME__dcb_undo_<restore id> (connections refused) until
+# its undo point is released (services/undo.py): dcb's own too, and `dcb status` lists it.
+UNDO_DATABASE = re.compile(r"__dcb_undo_(restore-\d{8}T\d{6}Z(?:-\d+)?)$")
 ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")
 
 # One line per database: name|size|user objects (counted only in the database psql is in,
@@ -208,6 +211,10 @@ def database_items(cfg: Config, facts: Iterable[DatabaseFact]) -> list[CoverageI
         elif f.name.endswith(SCRATCH_SUFFIXES):
             items.append(CoverageItem("database", f.name, EXCLUDED,
                                       "a restore's scratch copy (dcb's own)", size))
+        elif (undo := UNDO_DATABASE.search(f.name)) is not None:
+            items.append(CoverageItem("database", f.name, EXCLUDED,
+                                      f"kept by the undo point of {undo.group(1)} (dcb undo "
+                                      f"--release {undo.group(1)} drops it)", size))
         elif f.name in listed:
             items.append(CoverageItem("database", f.name, PROTECTED,
                                       "in [stack] databases", size))

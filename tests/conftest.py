@@ -60,6 +60,16 @@ def stack(docker_client: docker.DockerClient) -> Iterator[stackkit.TestStack]:
         stackkit.destroy_stack(st)
 
 
+@pytest.fixture(autouse=True)
+def _release_undo_points(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared stack, what its restores kept for undo (renamed
+    databases, undo volumes) is dropped: one test's undo points are never the next one's
+    unprotected database, extra undo volume or full disk."""
+    yield
+    if "stack" in request.fixturenames:
+        stackkit.release_undo_points(request.getfixturevalue("stack"))
+
+
 @pytest.fixture
 def stack_config(stack: stackkit.TestStack, tmp_path: Path) -> Path:
     """A dcb.toml for the test stack, with a fresh backup dir under tmp_path."""

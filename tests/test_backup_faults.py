@@ -275,23 +275,40 @@ def test_signal_while_app_stopped_restarts_it_promptly(restore_stack: TestStack,
     cfg = stack.write_config(tmp_path, storage={"volume_access": "helper"})
     root = tmp_path / "backups"
     held = tmp_path / "held"
-    run = Run(tmp_path, "signalled", cfg, env={"DCB_TEST_HOLD": f"backup-app-stopped:{held}"})
+    # PYTHONFAULTHANDLER: a run that does not stop is made to print where each thread is.
+    run = Run(tmp_path, "signalled", cfg, env={"DCB_TEST_HOLD": f"backup-app-stopped:{held}",
+                                               "PYTHONFAULTHANDLER": "1"})
     try:
         wait_until("the app stopped for archiving", held.exists, run)
         assert stack_helpers(stack)
         assert container_state(stack, stack.backend_container)["Status"] != "running"
         t0 = time.monotonic()
         run.proc.send_signal(sig)
-        code = run.wait(60)
+        try:
+            code = run.wait(60)
+        except subprocess.TimeoutExpired:
+            run.proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's traceback
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.wait(10)
+            raise AssertionError(f"dcb did not stop within 60 s of {sig.name}:\n"
+                                 f"{run.err[-6000:]}") from None
         elapsed = time.monotonic() - t0
+        # Started again by the run itself, not by a later one.
+        backend = container_state(stack, stack.backend_container)["Status"]
+        helpers = stack_helpers(stack)
     finally:
         run.kill()
+        # Whatever happened, the shared stack is left as the next tests expect it.
+        for name in stack_helpers(stack):
+            with contextlib.suppress(docker.errors.APIError):
+                stack.client.containers.get(name).remove(force=True)
+        if container_state(stack, stack.backend_container)["Status"] != "running":
+            stack.client.containers.get(stack.backend_container).start()
     assert code == 130, run.err
     assert elapsed < 30, f"took {elapsed:.1f}s to stop"
     assert run.out == ""
-    # Started again by the run itself, not by a later one.
-    assert container_state(stack, stack.backend_container)["Status"] == "running"
-    assert stack_helpers(stack) == []
+    assert backend == "running"
+    assert helpers == []
     assert not (root / MARKER).exists()
     assert temp_files(root) == []
     sets = list_sets(cfg)

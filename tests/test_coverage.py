@@ -320,17 +320,21 @@ def test_database_states(tmp_path: Path):
     facts = [DatabaseFact("app", 1, True, None), DatabaseFact("new", 1, True, None),
              DatabaseFact("skip", 1, True, None), DatabaseFact("postgres", 1, True, 0),
              DatabaseFact("app__dcb_restore", 1, True, None),
-             DatabaseFact("locked", 1, False, None)]
+             DatabaseFact("locked", 1, False, None),
+             # What a restore replaced, kept (connections refused) by its undo point.
+             DatabaseFact("app__dcb_undo_restore-20261203T150830Z", 1, False, None)]
     f.write_text('[stack]\ndatabases = ["app", "gone"]\nexclude_databases = ["skip"]\n')
     got = {i.name: i.state for i in database_items(load_config(str(f), environ={}), facts)}
     assert got == {"app": PROTECTED, "new": UNPROTECTED, "skip": EXCLUDED,
                    "postgres": EXCLUDED, "app__dcb_restore": EXCLUDED,
-                   "locked": UNPROTECTED, "gone": MISSING}
+                   "locked": UNPROTECTED, "gone": MISSING,
+                   "app__dcb_undo_restore-20261203T150830Z": EXCLUDED}
     f.write_text('[stack]\ndatabases = "all"\nexclude_databases = ["skip"]\n')
     facts[3] = DatabaseFact("postgres", 1, True, 3)  # the app keeps tables in it: taken
     got = {i.name: i.state for i in database_items(load_config(str(f), environ={}), facts)}
     assert got == {"app": PROTECTED, "new": PROTECTED, "skip": EXCLUDED,
-                   "postgres": PROTECTED, "app__dcb_restore": EXCLUDED, "locked": UNPROTECTED}
+                   "postgres": PROTECTED, "app__dcb_restore": EXCLUDED, "locked": UNPROTECTED,
+                   "app__dcb_undo_restore-20261203T150830Z": EXCLUDED}
 
 
 def test_tar_error_names_the_writer_and_the_setting():
