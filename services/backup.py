@@ -566,8 +566,11 @@ class BackupRun:
             if is_pg_data:
                 # Never a raw copy of a live data directory: an online physical backup.
                 in_container = st.compression == "zstd" and major_version(plan.server_version) >= 15
-                proc: TarSource = pg.basebackup(
+                base = pg.basebackup(
                     zstd_level=st.compression_level if in_container else None)
+                if base.warning:
+                    self.report(LogLine(f"volume {volume}: {base.warning}", "warning"))
+                proc: TarSource = base
                 if in_container:
                     write_compression = "none"  # the stream arrives compressed already
                 source["method"] = "pg_basebackup"
