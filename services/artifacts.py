@@ -42,6 +42,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def private_dirs(path: Path) -> None:
+    """``mkdir -p`` where every directory created is 0700: ``Path.mkdir(parents=True)``
+    gives the parents the umask's mode (0755 under the usual 022), and dcb's directories hold
+    backups, history and logs nobody else should read."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write a small file atomically: temp, fsync, rename, fsync dir."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from dcb import __version__
-from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
+from dcb.services.artifacts import (
+    EXTENSIONS,
+    ArtifactWriter,
+    StorageError,
+    atomic_write_bytes,
+    private_dirs,
+)
 from dcb.services.config import Config
 from dcb.services.coverage import (
     resolve_databases,
@@ -59,7 +65,7 @@ from dcb.services.progress import (
     null_reporter,
 )
 from dcb.services.safe_tar import CorruptArchive, StreamValidator, UnsafeArchive
-from dcb.services.state import state_for
+from dcb.services.state import sane_history_entry, state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import (
     DIR_MODE,
@@ -151,14 +157,16 @@ def read_history(root: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
+            entry = json.loads(line)
+            if sane_history_entry(entry):  # a torn or foreign line is skipped, never fatal
+                out.append(entry)
     return out
 
 
 def ensure_store_dir(root: Path) -> None:
     """Create the backup dir (0700) and prove it is writable before anything else happens."""
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        private_dirs(root)
         probe = root / f".write-test-{os.getpid()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
