@@ -75,6 +75,7 @@ from dcb.services.store import (
     Artifact,
     BackupSet,
     BackupStore,
+    manifest_bytes,
     new_set_id,
     read_manifest,
 )
@@ -292,7 +293,7 @@ class BackupRun:
                if self.recipients else {}),
             "artifacts": [a.to_json() for a in artifacts],
         }
-        atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+        atomic_write_bytes(set_dir / MANIFEST, manifest_bytes(manifest))
         result = read_manifest(set_dir)
         self.state.append_history({
             "kind": "backup", "id": set_id, "status": "complete",
@@ -717,7 +718,7 @@ class BackupRun:
             "artifacts": [],
         }
         with contextlib.suppress(DcbError):
-            atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+            atomic_write_bytes(set_dir / MANIFEST, manifest_bytes(manifest))
         with contextlib.suppress(OSError, DcbError):
             self.state.append_history({
                 "kind": "backup", "id": set_id, "status": "failed",
