@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import docker.errors
+import requests.exceptions
 
 from dcb import __version__
 from dcb.services.artifacts import (
@@ -41,7 +45,13 @@ from dcb.services.coverage import (
 )
 from dcb.services.disk import disk_usage
 from dcb.services.docker_exec import StepGuard, remove_stale_helpers, store_tag
-from dcb.services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.docker_gateway import (
+    ContainerInfo,
+    DockerGateway,
+    describe_docker_host,
+    explain_api_error,
+    short_reason,
+)
 from dcb.services.encryption import age_tool
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
@@ -642,10 +652,10 @@ class BackupRun:
                                     "sparse files were not kept (set [storage] helper_image)",
                                     "warning"))
         finally:
-            for name in stopped:
-                self._start_container(gw, name)
-            if stopped:
-                self._clear_stopped(stopped)
+            # When the archive failed (the engine went away, say), its error is the one to
+            # report: a container that cannot be started now is said and stays in the
+            # ledger, for `dcb status`, `dcb check` and the next run.
+            self._start_again(gw, stopped, failing=sys.exc_info()[0] is not None)
         self.report(StageFinished(stage, written.size_bytes, meter.seconds,
                                   detail=f"{entries} entries checked"))
         raw = written.raw_bytes
@@ -668,11 +678,7 @@ class BackupRun:
             try:
                 gw.client.containers.get(c.name).stop(timeout=STOP_TIMEOUT)
             except Exception as e:
-                self._start_container(gw, c.name)
-                self._clear_stopped([c.name])
-                for name in stopped:
-                    self._start_container(gw, name)
-                self._clear_stopped(stopped)
+                self._start_again(gw, [*stopped, c.name], failing=True)
                 raise DcbError(f"could not stop {c.name}: {e}") from None
             stopped.append(c.name)
         return stopped
@@ -684,14 +690,34 @@ class BackupRun:
             self.report(LogLine(writer_warning(volume, writers), "warning"))
         return writers
 
-    def _start_container(self, gw: DockerGateway, name: str) -> None:
+    def _start_container(self, gw: DockerGateway, name: str) -> str | None:
+        """Start ``name`` again; None, or why it could not be (reported as an error)."""
         try:
             gw.client.containers.get(name).start()
-            self.report(LogLine(f"started {name} again"))
+        except docker.errors.APIError as e:
+            why = explain_api_error(e)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            why = f"Docker engine unreachable at {describe_docker_host()}: {short_reason(e)}"
         except Exception as e:
-            self.report(LogLine(f"could not start {name} again: {e}", "error"))
-            raise DcbError(f"could not start {name} again: {e}",
-                           hint=f"docker start {name}") from None
+            why = str(e) or type(e).__name__
+        else:
+            self.report(LogLine(f"started {name} again"))
+            return None
+        self.report(LogLine(f"could not start {name} again: {why}", "error"))
+        return why
+
+    def _start_again(self, gw: DockerGateway, names: list[str], failing: bool) -> None:
+        """Start what this run stopped; the ones that started leave the ledger. Unless the
+        run is failing already, one that cannot be started fails it."""
+        failed = {n: why for n in names if (why := self._start_container(gw, n))}
+        started = [n for n in names if n not in failed]
+        if started:
+            self._clear_stopped(started)
+        if failed and not failing:
+            why = next(iter(failed.values()))
+            raise DcbError(f"could not start {', '.join(failed)} again: {why}",
+                           hint=f"docker start {' '.join(failed)} (or the next dcb backup "
+                                "starts it)")
 
     def _mark_stopped(self, name: str) -> None:
         self.ledger.mark(name, "backup")

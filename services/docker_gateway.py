@@ -313,3 +313,9 @@ def _explain(e: docker.errors.APIError) -> str:
 
 def _as_unavailable(e: BaseException) -> DcbError:
     return DockerUnavailable(f"Docker engine error at {describe_docker_host()}: {_short(e)}")
+
+
+short_reason = _short
+"""The innermost reason of a Docker client error ("Connection refused"...)."""
+explain_api_error = _explain
+"""The engine's own reason for a refused request."""

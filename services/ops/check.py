@@ -16,6 +16,8 @@ Conditions, each a ``Finding``:
   of the last ``baseline_runs`` complete runs of the same scope, or its size moved by more than
   ``size_factor`` either way: WARNING (needs 3 earlier runs).
 - ``replication``: a destination's lag above ``replication_lag_hours``: WARNING.
+- ``stopped``: a container dcb stopped and a killed run never started again: CRITICAL.
+- ``permissions``: the backup store open to other users (group or others): WARNING.
 - the backup dir cannot be read: UNKNOWN.
 
 The overall status is the worst finding, ranked CRITICAL > WARNING > UNKNOWN > OK.
@@ -273,7 +275,23 @@ def run_check(cfg: Config, now: datetime | None = None, *, heartbeat: bool = Tru
             findings.append(hb)
     findings.extend(_anomalies(cfg, history))
     findings.extend(_replication(cfg, replication_lags(cfg, now) if lags is None else lags))
+    findings.extend(_left_behind(cfg))
     return CheckReport(tuple(findings), now)
+
+
+def _left_behind(cfg: Config) -> list[Finding]:
+    """What a killed run left and the next run will fix, said loudly until then."""
+    from dcb.services.permissions import lax_modes
+    from dcb.services.state import state_for
+    from dcb.services.stopped import StoppedLedger
+
+    out = [Finding("stopped", CRITICAL,
+                   f"{name} was stopped by an interrupted dcb {by} and not started again")
+           for name, by in StoppedLedger(state_for(cfg).root).pending().items()]
+    lax = lax_modes(cfg.backup_dir)
+    if lax:
+        out.append(Finding("permissions", WARNING, lax))
+    return out
 
 
 def history_times(history: Sequence[dict[str, Any]]) -> list[datetime | None]:
