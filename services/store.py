@@ -311,6 +311,18 @@ class _Invalid(ValueError):
     pass
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str | None) -> str | None:
+    """Free text from a manifest (host, error) with its control characters shown escaped: a
+    copy from another party's disk must not send ESC sequences to the terminal (retitle it,
+    hide text, write the clipboard with OSC 52)."""
+    if text is None:
+        return None
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _field(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str,
            required: bool = True, nullable: bool = False) -> Any:
     if key not in d:
@@ -448,10 +460,10 @@ def _from_manifest(set_dir: Path, data: Any) -> BackupSet:
         status=status,
         created_at=created,
         artifacts=artifacts,
-        host=data.get("host"),
-        dcb_version=data.get("dcb_version"),
+        host=printable(data.get("host")),
+        dcb_version=printable(data.get("dcb_version")),
         duration_seconds=duration,
-        error=data.get("error"),
+        error=printable(data.get("error")),
         extra={k: v for k, v in data.items() if k not in KNOWN_FIELDS},
     )
 
