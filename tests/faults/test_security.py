@@ -22,6 +22,7 @@ import os
 import secrets
 import signal
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -35,11 +36,19 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from dcb.services import encryption
-from tests.conftest import run_dcb
+from dcb.services.drill import DRILL_LABEL
+from tests.conftest import BIN, run_dcb
 from tests.faults import kit
 from tests.replkit import free_port, moto_server
 from tests.stackkit import TestStack
-from tests.test_backup_faults import Run, ensure_running, freeze, stack_helpers, wait_until
+from tests.test_backup_faults import (
+    Run,
+    dcb_env,
+    ensure_running,
+    freeze,
+    stack_helpers,
+    wait_until,
+)
 
 
 @dataclass
@@ -50,6 +59,7 @@ class Secured:
     canaries: dict[str, str]
     argv_seen: set[str] = field(default_factory=set)
     inspected: list[dict[str, Any]] = field(default_factory=list)
+    sandboxes: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     mails: list[bytes] = field(default_factory=list)
     bucket_objects: dict[str, bytes] = field(default_factory=dict)
@@ -113,6 +123,27 @@ def umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
+def drill(stack: TestStack, cfg: Path, env: dict[str, str], sec: Secured) -> None:
+    """``dcb drill`` of the new set, its sandbox PostgreSQL inspected while it runs."""
+    p = subprocess.Popen([str(BIN / "dcb"), "drill", "--config", str(cfg)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dcb_env(env))
+    try:
+        while p.poll() is None:
+            for c in stack.client.api.containers(filters={"label": DRILL_LABEL}):
+                if not any(i["Id"] == c["Id"] for i in sec.sandboxes):
+                    with contextlib.suppress(Exception):
+                        sec.sandboxes.append(stack.client.api.inspect_container(c["Id"]))
+            time.sleep(0.05)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    sec.outputs += [out, err]
+    assert p.returncode == 0, err
+
+
 @pytest.fixture(scope="module")
 def secured(stack: TestStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     base = tmp_path_factory.mktemp("secured")
@@ -167,6 +198,7 @@ def secured(stack: TestStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 run.kill()
                 ensure_running(stack)
             sec.outputs += [run.out, run.err]
+            drill(stack, cfg, env, sec)
             for argv in (["replicate", "--all"], ["verify", "--all", "--deep"],
                          ["notify", "--test"], ["history"], ["list", "--json"],
                          ["status"], ["check"]):
@@ -223,7 +255,7 @@ def test_canary_secrets_appear_nowhere(secured: Secured) -> None:
     leaks: list[str] = []
     for argv in secured.argv_seen:
         leaks += _leaks(secured, f"argv {argv[:120]!r}", argv)
-    for i in secured.inspected:
+    for i in secured.inspected + secured.sandboxes:
         leaks += _leaks(secured, f"docker inspect {i['Name']}", repr(i))
     for p in secured.created:
         if p.is_file() and not p.is_symlink():
@@ -239,8 +271,9 @@ def test_canary_secrets_appear_nowhere(secured: Secured) -> None:
     assert any("pg_dump" in a for a in secured.argv_seen), "no pg_dump seen"
     assert any(" age " in f" {a} " or "/age " in a for a in secured.argv_seen), "no age seen"
     files = sum(1 for p in secured.created if p.is_file())
+    inspections = len(secured.inspected) + len(secured.sandboxes)
     kit.figure("security", f"4 canary secrets in none of {len(secured.argv_seen)} sampled "
-                           f"argv, {len(secured.inspected)} helper inspections, {files} files "
+                           f"argv, {inspections} helper/sandbox inspections, {files} files "
                            f"written, {len(secured.bucket_objects)} S3 objects, "
                            f"{len(secured.mails)} notification(s), dcb's output")
 
@@ -259,3 +292,16 @@ def test_helper_containers_are_confined(secured: Secured) -> None:
         assert i["Config"]["Env"] is None or not any(
             k.split("=", 1)[0] in ("POSTGRES_PASSWORD", "PGPASSWORD",
                                    "AWS_SECRET_ACCESS_KEY") for k in i["Config"]["Env"])
+
+
+def test_drill_sandboxes_are_confined(secured: Secured) -> None:
+    assert secured.sandboxes, "no drill sandbox was caught running"
+    for i in secured.sandboxes:
+        hc = i["HostConfig"]
+        assert hc["NetworkMode"] == "none" and not hc["PortBindings"], hc
+        assert hc["CapDrop"] == ["ALL"], hc["CapDrop"]
+        assert set(hc["CapAdd"] or []) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID",
+                                           "SETGID"}, hc["CapAdd"]
+        assert "no-new-privileges" in (hc["SecurityOpt"] or []) and not hc["Privileged"]
+        env = dict(e.split("=", 1) for e in i["Config"]["Env"] or [])
+        assert env.get("POSTGRES_PASSWORD") != secured.canaries["PostgreSQL password"]
