@@ -50,6 +50,7 @@ from dcb.services.progress import (
     locked,
     null_reporter,
 )
+from dcb.services.psql_guard import OLD_PSQL, psql_restricts, restricted
 from dcb.services.safe_tar import (
     Listing,
     clear_directory,
@@ -599,6 +600,17 @@ class RestoreFlow:
         self._volume_diffs[a.name] = compare_tree(dest, listing)
         return f"{len(listing.entries)} entries"
 
+    def _psql_input(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """A plain SQL stream for psql, its meta-commands refused (services/psql_guard.py):
+        a dump from a destination may have been written by someone else."""
+        restricts: bool | None = getattr(self, "_restricts", None)
+        if restricts is None:
+            restricts = self._restricts = psql_restricts(self.pg)
+            if not restricts:
+                self.report(LogLine(OLD_PSQL.format(container=self.target.postgres_container),
+                                    "warning"))
+        return restricted(chunks) if restricts else chunks
+
     def _restore_globals(self, s: BackupSet, a: Artifact) -> None:
         with open_decompressed(s.path / a.file, a.compression) as f:
             sql = f.read().decode("utf-8", "replace")
@@ -613,7 +625,7 @@ class RestoreFlow:
         with self.pg.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U",
                            self.target.postgres_user, "-d", "postgres", "-o", "/dev/null"],
                           stdin=True) as p:
-            code = p.feed(iter([script]))
+            code = p.feed(self._psql_input(iter([script])))
             if code != 0:
                 raise RestoreError(f"restoring roles failed: {_first_line(p.stderr_text)}")
 
@@ -644,7 +656,7 @@ class RestoreFlow:
             else:
                 with open_decompressed(s.path / a.file, a.compression) as f, \
                         pg.exec(cmd, stdin=True) as p:
-                    code = p.feed(_read_chunks(f, self.cancel, meter))
+                    code = p.feed(self._psql_input(_read_chunks(f, self.cancel, meter)))
             if code != 0:
                 raise RestoreError(f"restoring {a.name} failed, the old database is "
                                    f"untouched: {_first_line(p.stderr_text)}")
