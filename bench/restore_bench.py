@@ -1,21 +1,30 @@
-"""Restore benchmark: `dcb restore` against the old scripts' method, on the backup bench stack.
+"""Restore benchmark: `dcb restore` and `dcb undo` against the old scripts' method, on the backup
+bench stack.
 
-Run: .venv/bin/python bench/restore_bench.py [--scale small|full] [--rounds N] [--keep]
+Run: .venv/bin/python bench/restore_bench.py [--scale small|full] [--rounds N] [--keep] [--delta]
 
-Same scope for both: the two databases and the app's volume (the old scripts had no safe way
-to restore PostgreSQL's own data volume under a running server, so neither side does it here).
+Same scope for every method: the two databases and the app's volume (the old scripts had no safe
+way to restore PostgreSQL's own data volume under a running server, so nobody does it here).
+Interleaved in one run, rounds rotating which goes first:
 
-* old: for each database `DROP/CREATE DATABASE` then `gunzip -c db.sql.gz | docker exec -i
-  psql`; the volume emptied, then `docker run busybox tar xzf` from a bind-mounted file.
-* dcb: `dcb restore ID --db ... --volume ... --yes --no-safety-backup` (validation of the set,
-  temporary database and swap, verification of row counts and file lists all included).
+* old, emptying: for each database `DROP/CREATE DATABASE` then `gunzip -c db.sql.gz | docker
+  exec -i psql`; the app stopped, its volume emptied, `docker run busybox tar xzf` from a
+  bind-mounted file, the app started.
+* old, fresh targets (the stricter baseline): each dump into a new database, the archive into a
+  new empty volume: nothing to drop or empty first.
+* dcb: `dcb restore ID --db ... --volume ... --yes`: validation of the set (checksums, every tar
+  member, the dumps read through), the undo point (databases renamed, the volume's directory
+  moved aside), temporary databases swapped in, row counts, database properties and file
+  lists verified. Then `dcb undo RESTORE_ID --yes`, timed on its own, then (untimed)
+  `dcb undo --release` so the next round starts clean.
 
-Rounds alternate which goes first; medians are printed. A figure, never an assertion.
+Medians are printed. A figure, never an assertion.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -43,17 +52,22 @@ def old_backup(st: bb.Stack, outdir: Path) -> None:
            "tar", "czf", "/out/app.tar.gz", "-C", "/v", "."])
 
 
+def _load(st: bb.Stack, outdir: Path, db: str, into: str) -> None:
+    bb.sh(["bash", "-o", "pipefail", "-c",
+           f"gunzip -c {outdir}/{db}.sql.gz | docker exec -i {st.pg} psql -q -U postgres "
+           f"-d {into} -v ON_ERROR_STOP=1 -o /dev/null"])
+
+
 def run_old(st: bb.Stack, outdir: Path) -> dict[str, Any]:
+    """The old scripts: replace in place (drop, create, replay; empty, extract)."""
     steps: dict[str, float] = {}
-    bb.settle()
+    busy = bb.settle()
     t0 = time.perf_counter()
     for db in bb.DATABASES:
         t = time.perf_counter()
         bb.psql(st, "postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE); "
                                 f"CREATE DATABASE {db};")
-        bb.sh(["bash", "-o", "pipefail", "-c",
-               f"gunzip -c {outdir}/{db}.sql.gz | docker exec -i {st.pg} psql -q -U postgres "
-               f"-d {db} -v ON_ERROR_STOP=1 -o /dev/null"])
+        _load(st, outdir, db, db)
         steps[f"database {db}"] = time.perf_counter() - t
     t = time.perf_counter()
     bb.sh(["docker", "stop", st.app])
@@ -62,23 +76,64 @@ def run_old(st: bb.Stack, outdir: Path) -> dict[str, Any]:
            "rm -rf /v/* /v/.[!.]* /v/..?* && tar xzf /in/app.tar.gz -C /v"])
     bb.sh(["docker", "start", st.app])
     steps["volume app_data"] = time.perf_counter() - t
-    return {"wall": time.perf_counter() - t0, "steps": steps}
+    return {"wall": time.perf_counter() - t0, "steps": steps, "busy_before": busy}
 
 
-def run_new(st: bb.Stack, dcb: str, cfg: Path, set_id: str, delta: bool) -> dict[str, Any]:
-    bb.settle()
-    r = bb.run_child([sys.executable, "-c", bb.WRAPPER, dcb, "restore", set_id, "--db",
-                      bb.DATABASES[0], "--db", bb.DATABASES[1], "--volume", st.app_volume,
-                      "--yes", "--no-safety-backup", "--json", "--config", str(cfg),
-                      *(["--delta"] if delta else [])],
+def run_old_fresh(client: docker.DockerClient, st: bb.Stack, outdir: Path) -> dict[str, Any]:
+    """The old commands into fresh targets: new databases, a new empty volume."""
+    steps: dict[str, float] = {}
+    fresh_vol = f"{st.prefix}_fresh"
+    busy = bb.settle()
+    t0 = time.perf_counter()
+    try:
+        for db in bb.DATABASES:
+            t = time.perf_counter()
+            bb.psql(st, "postgres", f"CREATE DATABASE {db}_fresh;")
+            _load(st, outdir, db, f"{db}_fresh")
+            steps[f"database {db}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        client.volumes.create(fresh_vol, labels=st.labels("fresh"))
+        bb.sh(["docker", "run", "--rm", "--network", "none", "--log-driver", "none",
+               "-v", f"{fresh_vol}:/v", "-v", f"{outdir}:/in", bb.BUSYBOX_IMAGE,
+               "tar", "xzf", "/in/app.tar.gz", "-C", "/v"])
+        steps["volume app_data"] = time.perf_counter() - t
+        wall = time.perf_counter() - t0
+    finally:
+        for db in bb.DATABASES:
+            bb.psql(st, "postgres", f"DROP DATABASE IF EXISTS {db}_fresh WITH (FORCE);")
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(fresh_vol).remove(force=True)
+    return {"wall": wall, "steps": steps, "busy_before": busy}
+
+
+def _wrapped(dcb: str, cfg: Path, *args: str) -> dict[str, Any]:
+    r = bb.run_child([sys.executable, "-c", bb.WRAPPER, dcb, *args, "--config", str(cfg)],
                      env=bb.dcb_env(), cwd=cfg.parent)
-    res = json.loads(r.stdout)
+    res: dict[str, Any] = json.loads(r.stdout)
     if res["rc"] != 0:
-        raise RuntimeError(f"dcb restore failed (exit {res['rc']}): {res['stderr']}")
+        raise RuntimeError(f"dcb {args[0]} failed (exit {res['rc']}): {res['stderr']}")
+    return res
+
+
+def run_new(st: bb.Stack, dcb: str, cfg: Path, set_id: str, delta: bool,
+            undo: bool) -> dict[str, Any]:
+    busy = bb.settle()
+    res = _wrapped(dcb, cfg, "restore", set_id, "--db", bb.DATABASES[0], "--db",
+                   bb.DATABASES[1], "--volume", st.app_volume, "--yes", "--json",
+                   *(["--delta"] if delta else []), *([] if undo else ["--no-safety-backup"]))
     report = json.loads(res["stdout"])["report"]
-    steps = {s["title"]: s["seconds"] for s in report["steps"]}
-    return {"wall": res["wall"], "maxrss_kb": res["maxrss_kb"], "steps": steps,
-            "ok": report["ok"]}
+    out = {"wall": res["wall"], "maxrss_kb": res["maxrss_kb"], "busy_before": busy,
+           "steps": {s["title"]: s["seconds"] for s in report["steps"]},
+           "restore_seconds": report["seconds"], "ok": report["ok"]}
+    if report.get("undo"):
+        rid = report["restore_id"]
+        out["undo_busy_before"] = bb.settle()
+        u = _wrapped(dcb, cfg, "undo", rid, "--yes")
+        out["undo_wall"] = u["wall"]
+        t = time.perf_counter()
+        _wrapped(dcb, cfg, "undo", "--release", rid, "--yes")
+        out["release_wall"] = time.perf_counter() - t
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the stack for the next run")
     p.add_argument("--delta", action="store_true",
                    help="dcb restore --delta (the volume still holds most of its files)")
+    p.add_argument("--no-undo", action="store_true",
+                   help="dcb restore --no-safety-backup (no undo point, no dcb undo)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     args = p.parse_args(argv)
     dcb = bb.find_dcb()
     client = docker.from_env(timeout=600)
@@ -100,37 +158,69 @@ def main(argv: list[str] | None = None) -> int:
         old_backup(stack, workdir / "old")
         r = bb.sh([dcb, "backup", "-q", "--config", str(cfg)], env=bb.dcb_env())
         set_id = r.stdout.decode().strip().splitlines()[-1]
-        olds, news = [], []
+        runs: dict[str, list[dict[str, Any]]] = {"old": [], "fresh": [], "dcb": []}
+        methods = ["old", "fresh", "dcb"]
         for i in range(1, args.rounds + 1):
-            for which in (("old", "new") if i % 2 else ("new", "old")):
+            k = (i - 1) % len(methods)
+            for which in methods[k:] + methods[:k]:
                 if which == "old":
-                    olds.append(run_old(stack, workdir / "old"))
-                    bb.log(f"round {i}: old {olds[-1]['wall']:.1f} s " + json.dumps(
-                        {k: round(v, 1) for k, v in olds[-1]["steps"].items()}))
+                    res = run_old(stack, workdir / "old")
+                elif which == "fresh":
+                    res = run_old_fresh(client, stack, workdir / "old")
                 else:
-                    news.append(run_new(stack, dcb, cfg, set_id, args.delta))
-                    bb.log(f"round {i}: dcb {news[-1]['wall']:.1f} s, peak RSS "
-                           f"{news[-1]['maxrss_kb'] / 1024:.0f} MB " + json.dumps(
-                               {k: round(v, 1) for k, v in news[-1]["steps"].items()}))
-        old_med = statistics.median(o["wall"] for o in olds)
-        new_med = statistics.median(n["wall"] for n in news)
+                    res = run_new(stack, dcb, cfg, set_id, args.delta, not args.no_undo)
+                runs[which].append(res)
+                extra = (f", undo {res['undo_wall']:.1f} s (release {res['release_wall']:.0f} s"
+                         " untimed)" if "undo_wall" in res else "")
+                bb.log(f"round {i}: {which} {res['wall']:.1f} s{extra} (busy before "
+                       f"{res['busy_before'] * 100:.0f}%) " + json.dumps(
+                           {k2: round(v, 1) for k2, v in res["steps"].items()}))
+        med = {k: statistics.median(x["wall"] for x in v) for k, v in runs.items()}
+        span = {k: (min(x["wall"] for x in v), max(x["wall"] for x in v))
+                for k, v in runs.items()}
+        name = "dcb restore" + (" --delta" if args.delta else "") + \
+            (" --no-safety-backup" if args.no_undo else " (undo point)")
+        rows = [["old, emptying (gunzip | psql, rm + tar xzf)", f"{med['old']:.1f} s",
+                 "{:.1f}-{:.1f}".format(*span["old"]), "-"],
+                ["old, fresh targets (new databases, new volume)", f"{med['fresh']:.1f} s",
+                 "{:.1f}-{:.1f}".format(*span["fresh"]), "-"],
+                [name, f"{med['dcb']:.1f} s", "{:.1f}-{:.1f}".format(*span["dcb"]),
+                 f"{max(n['maxrss_kb'] for n in runs['dcb']) / 1024:.0f} MB"]]
+        undos = [n["undo_wall"] for n in runs["dcb"] if "undo_wall" in n]
+        if undos:
+            rows.append(["dcb undo RESTORE_ID", f"{statistics.median(undos):.1f} s",
+                         f"{min(undos):.1f}-{max(undos):.1f}", "-"])
         print()
-        print(bb.table([
-            ["old (gunzip | psql, tar xzf)", f"{old_med:.1f} s", "-"],
-            ["dcb restore" + (" --delta" if args.delta else ""), f"{new_med:.1f} s",
-             f"{max(n['maxrss_kb'] for n in news) / 1024:.0f} MB"],
-        ], ["method", "median wall", "peak RSS"]))
-        print(f"\nspeed-up: {old_med / new_med:.2f}x  (target >= 2x; {len(olds)} rounds, "
-              f"scale {args.scale})")
-        for key in olds[0]["steps"]:
-            print(f"  old {key}: {statistics.median(o['steps'][key] for o in olds):.1f} s")
-        for key in news[0]["steps"]:
-            print(f"  dcb {key}: {statistics.median(n['steps'][key] for n in news):.1f} s")
+        print(bb.table(rows, ["method", "median wall", "per round", "peak RSS"]))
+        print(f"\nspeed-up of dcb: {med['old'] / med['dcb']:.2f}x against the old scripts, "
+              f"{med['fresh'] / med['dcb']:.2f}x against the old commands into fresh targets "
+              f"(target >= 2x; {args.rounds} rounds, scale {args.scale})")
+        for which in ("old", "fresh", "dcb"):
+            for key in runs[which][0]["steps"]:
+                vals = [x["steps"][key] for x in runs[which] if key in x["steps"]]
+                print(f"  {which} {key}: {statistics.median(vals):.1f} s")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"scale": args.scale, "runs": runs,
+                                                   "medians": med}, indent=2))
         return 0
     finally:
+        if stack is not None:
+            remove_undo_leftovers(client, stack)
         if stack is not None and not args.keep:
             bb.destroy(client, stack.prefix)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def remove_undo_leftovers(client: docker.DockerClient, st: bb.Stack) -> None:
+    """What an interrupted round's restore kept for undo (nothing after a complete run)."""
+    for v in client.volumes.list(filters={"label": "dcb.undo"}):
+        if v.name.startswith(st.prefix):
+            with contextlib.suppress(docker.errors.APIError):
+                v.remove(force=True)
+    with contextlib.suppress(RuntimeError):
+        for n in bb.psql(st, "postgres", "SELECT datname FROM pg_database WHERE datname "
+                                         "LIKE '%\\_\\_dcb\\_%'").split():
+            bb.psql(st, "postgres", f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE);')
 
 
 if __name__ == "__main__":

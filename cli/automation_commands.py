@@ -22,10 +22,7 @@ def register(add: AddCommand) -> None:
             "Run the jobs of [schedule] (cron expressions in [schedule] tz) one at a time, in "
             "the foreground, logging plain timestamped lines to stdout. A run missed while "
             "the daemon was down runs once at start-up (catch_up). SIGTERM or Ctrl-C cancels "
-            "the current job at its next safe point and exits 0.\n\n"
-            "examples:\n  dcb schedule                 # the daemon (e.g. in the container)\n"
-            "  dcb schedule --list          # each job's next runs\n"
-            "  dcb schedule --run nightly   # run one job now, with its pings and alerts")
+            "the current job at its next safe point and exits 0.")
     p.add_argument("--list", action="store_true", help="list jobs and their next run times")
     p.add_argument("--run", metavar="NAME", help="run one job now and exit (no daemon "
                    "may be running for this backup dir)")
@@ -50,6 +47,8 @@ def register(add: AddCommand) -> None:
             "node_exporter's textfile collector (the daemon does so after each job when "
             "[metrics] textfile is set).")
     p.add_argument("--textfile", metavar="PATH", help="write to this file instead of stdout")
+    p.add_argument("--json", action="store_true",
+                   help="the same samples as JSON: name, labels, value")
 
     p = add("notify", "show the notification targets; --test sends a test message",
             cmd_notify,
@@ -57,6 +56,7 @@ def register(add: AddCommand) -> None:
             "are never printed) and problems with them. --test sends one test event to "
             "every target and exits 1 unless all accepted it.")
     p.add_argument("--test", action="store_true", help="send a test notification")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def cmd_schedule(args: argparse.Namespace, cfg: Config) -> int:
@@ -129,6 +129,11 @@ def cmd_metrics(args: argparse.Namespace, cfg: Config) -> int:
             raise DcbError(f"cannot write {args.textfile}: {e.strerror or e}") from None
         sys.stderr.write(f"metrics written to {p}\n")
         return 0
+    if getattr(args, "json", False):
+        from dcb.services.ops.metrics import samples
+
+        print_json(samples(cfg))
+        return 0
     sys.stdout.write(exposition(cfg))
     return 0
 
@@ -141,19 +146,28 @@ def cmd_notify(args: argparse.Namespace, cfg: Config) -> int:
         sys.stderr.write(f"dcb: {message}\n")
 
     notifier = Notifier(cfg, say)
-    if not notifier.urls:
-        print("no notification targets ([notify] urls_env / urls_file)")
-    for i, u in enumerate(notifier.urls):
-        print(target_label(i, u))
-    print(f"events: {', '.join(cfg.notify.on) or 'none'}")
+    as_json = getattr(args, "json", False)
+    targets = [target_label(i, u) for i, u in enumerate(notifier.urls)]
+    if not as_json:
+        if not notifier.urls:
+            print("no notification targets ([notify] urls_env / urls_file)")
+        for t in targets:
+            print(t)
+        print(f"events: {', '.join(cfg.notify.on) or 'none'}")
     for p in problems:
         sys.stderr.write(f"dcb: {p}\n")
-    if not args.test:
+    sent: int | None = None
+    if args.test:
+        event = Event(event="test", status="ok", host=host_name(cfg),
+                      message=f"test notification from dcb at "
+                              f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+        notifier.on = {"success"}
+        sent = notifier.send(event)
+        if not as_json:
+            print(f"test sent to {sent} of {len(notifier.urls)} target(s)")
+    if as_json:
+        print_json({"targets": targets, "events": list(cfg.notify.on),
+                    "problems": list(problems), "test_sent": sent})
+    if sent is None:
         return 1 if problems else 0
-    event = Event(event="test", status="ok", host=host_name(cfg),
-                  message=f"test notification from dcb at "
-                          f"{datetime.now(UTC).isoformat(timespec='seconds')}")
-    notifier.on = {"success"}
-    sent = notifier.send(event)
-    print(f"test sent to {sent} of {len(notifier.urls)} target(s)")
     return 0 if notifier.urls and sent == len(notifier.urls) else 1

@@ -40,11 +40,7 @@ def register(add: AddCommand) -> None:
             "logs) the count, size and what is reclaimable, then every item largest first "
             "(images by unique size) with its state and whether the configured stack needs "
             "it or dcb backs it up. Log sizes need dcb to run as root beside the engine "
-            "(else: unknown). --json prints kinds and items (every field) for scripts.\n\n"
-            "examples:\n  dcb du\n  dcb du /var/lib/docker/volumes --depth 2\n"
-            "  dcb du --json --depth 3 | jq '.children[0]'\n"
-            "  dcb du --docker\n"
-            "  dcb du --docker --json | jq '.items[] | select(.offer) | .name'")
+            "(else: unknown). --json prints kinds and items (every field) for scripts.")
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="directory to scan (default: the configured backup dir)")
     p.add_argument("--json", action="store_true", help="print the tree as JSON")

@@ -53,7 +53,7 @@ exit codes:
 
 """
 
-LONG_COMMANDS = ("backup", "verify", "prune", "restore", "drill", "du", "demo")
+LONG_COMMANDS = ("backup", "verify", "prune", "restore", "drill", "du", "demo", "replicate")
 """Commands that report progress: each takes -q/--quiet."""
 
 

@@ -58,6 +58,12 @@ def status_text(st: StackStatus) -> str:
     if st.coverage is not None:
         out.append(f"Coverage    {coverage_summary(st.coverage)}")
     out += [f"WARNING     {w}" for w in st.warnings]
+    if st.undo_points:
+        out += ["", table([[u.restore_id, u.state, fmt.size(u.held_bytes), u.keeps,
+                            u.expires_at[:16].replace("T", " ") if u.expires_at else "-",
+                            u.command] for u in st.undo_points],
+                          ["UNDO POINT", "STATE", "HOLDS", "KEEPS", "RELEASED AFTER",
+                           "COMMAND"])]
     return "\n".join(out)
 
 

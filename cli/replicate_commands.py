@@ -39,9 +39,7 @@ def register(add: AddCommand) -> None:
             "dir, rsync over SSH, S3, or a command). Sets already there are skipped; each copy "
             "appears only whole and is verified (size and SHA-256); then each destination's "
             "retention runs (its keep_*, else [retention]; never its newest verified copy).\n"
-            "One failing destination is reported and the others go on; exit 1 if any failed.\n\n"
-            "examples:\n  dcb replicate --all\n  dcb replicate 20261126T020000Z --to offsite\n"
-            "  dcb replicate --watch --interval 600")
+            "One failing destination is reported and the others go on; exit 1 if any failed.")
     p.add_argument("id", nargs="?", metavar="ID", help="one set (default with --all: every "
                    "complete backup)")
     p.add_argument("--all", action="store_true", help="every complete backup set")
@@ -60,6 +58,8 @@ def register(add: AddCommand) -> None:
             "for deep verify and restore ([encryption] identity_file).")
     p.add_argument("path", nargs="?", default="dcb-identity.txt", metavar="PATH",
                    help="where to write the identity (default ./dcb-identity.txt)")
+    p.add_argument("--json", action="store_true",
+                   help="print the identity file and the recipient as JSON")
 
 
 def _result_text(r: ReplicationResult) -> str:
@@ -106,7 +106,10 @@ def cmd_keygen(args: argparse.Namespace, cfg: Config) -> int:
     recipient = keygen(path)
     sys.stderr.write(f"wrote the identity to {path} (mode 0600): keep it safe and off this "
                      "host if you can; without it encrypted sets cannot be restored\n")
-    print(recipient)
+    if getattr(args, "json", False):
+        print_json({"identity_file": str(path.resolve()), "recipient": recipient})
+    else:
+        print(recipient)
     return 0
 
 

@@ -15,8 +15,9 @@ from dcb.cli.render import print_json, table
 from dcb.cli.signals import CancelOnSignals
 from dcb.services import formatting as fmt
 from dcb.services.config import Config
-from dcb.services.errors import DcbError, NotFound, UsageError
+from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.restore import (
+    BlastRadius,
     RestoreFlow,
     RestorePlan,
     RestoreReport,
@@ -24,6 +25,7 @@ from dcb.services.restore import (
 )
 from dcb.services.state import state_for
 from dcb.services.store import BackupStore
+from dcb.services.undo import UndoPoint
 
 
 def register(add: AddCommand) -> None:
@@ -31,11 +33,15 @@ def register(add: AddCommand) -> None:
             cmd_restore,
             "Restore databases and/or volumes from a set. The set is validated first "
             "(checksums, every archive read through); then the plan is shown and must be "
-            "confirmed by typing the set id (or --yes without a terminal). Before anything is "
-            "replaced, a safety snapshot of exactly what will be overwritten is taken, so\n"
-            "`dcb restore SAFETY_ID --yes` undoes the restore. App containers are stopped and "
-            "started again; databases are restored into a temporary database and swapped in "
-            "only when complete; row counts and file lists are verified at the end.\n\n"
+            "confirmed by typing the set id (or --yes without a terminal). What is replaced is "
+            "kept as an undo point, without copying it (databases renamed, volume contents "
+            "moved aside), so `dcb undo RESTORE_ID` puts it back in seconds; where moving is "
+            "impossible a safety set is taken instead. App containers are stopped and started "
+            "again; databases are restored into a temporary database (with their encoding, "
+            "locale, owner, settings, comment and grants) and swapped in only when complete; "
+            "missing roles are created, existing ones left alone unless --roles; row counts, "
+            "database properties and file lists are verified at the end. Ctrl-C stops at the "
+            "next safe point (exit 130).\n\n"
             "examples:\n"
             "  dcb restore 20261126T020000Z --dry-run          # show the plan only\n"
             "  dcb restore 20261126T020000Z                    # everything, asks to confirm\n"
@@ -50,7 +56,11 @@ def register(add: AddCommand) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan, then stop")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--no-safety-backup", action="store_true",
-                   help="skip the safety snapshot (the restore cannot be undone)")
+                   help="keep no undo point (the restore cannot be undone; replaced data is "
+                        "deleted, which needs no extra space)")
+    p.add_argument("--roles", action="store_true",
+                   help="also reset existing roles (attributes, passwords, memberships) to "
+                        "the backup's; missing roles are always created")
     p.add_argument("--delta", action="store_true",
                    help="keep volume files that pass rsync's quick check (same size, mtime, "
                         "owner, mode) instead of rewriting every file: much faster when most "
@@ -70,26 +80,61 @@ def register(add: AddCommand) -> None:
     p.add_argument("id", nargs="?", metavar="ID", help="set id (default: newest complete)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = add("undo", "put back what a restore replaced (its undo point), or release it",
+            cmd_undo,
+            "Without an id: list the undo points. With one: put back exactly what that "
+            "restore replaced (databases renamed back, volume contents moved back; a safety "
+            "set is restored), in seconds. Changes made since the restore are discarded, so "
+            "it asks to type the restore id (or --yes without a terminal). What the restore "
+            "had written is dropped at the next run. --release drops the undo point instead "
+            "(the restore can no longer be undone); points are released automatically "
+            "[restore] keep_undo_hours after their restore verified.\n\n"
+            "examples:\n"
+            "  dcb undo                                      # list undo points\n"
+            "  dcb undo restore-20261126T031500Z             # undo that restore\n"
+            "  dcb undo --release restore-20261126T031500Z   # free the space it holds")
+    p.add_argument("id", nargs="?", metavar="RESTORE_ID", help="the restore (see `dcb status`)")
+    p.add_argument("--release", action="store_true",
+                   help="drop the undo point: the restore can no longer be undone")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = add("history", "show the run history (backups, restores, verifies, drills)",
             cmd_history)
     p.add_argument("--restore", metavar="ID", help="one restore's incident log, as markdown")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def plan_text(plan: RestorePlan) -> str:
+def plan_text(plan: RestorePlan, blast: BlastRadius | None = None) -> str:
     lines = [f"Restore plan for set {plan.set.id} ({plan.set.status}, "
              f"{fmt.age(plan.set.created_at)})"]
-    for a in plan.databases:
-        target = f" as {plan.target_db}" if plan.target_db else ""
-        lines.append(f"  database {a.name}{target}: {fmt.size(a.size_bytes)} dump")
-    for a in plan.volumes:
-        lines.append(f"  volume {a.name}: replaced by {fmt.size(a.source.get('raw_bytes'))} "
-                     "archive")
-    if plan.stop_containers:
-        lines.append("  stops: " + ", ".join(plan.stop_containers))
-    if plan.stops_postgres:
-        lines.append("  stops PostgreSQL (its data volume is replaced)")
-    lines.append("  safety snapshot: " + ("yes" if plan.safety_backup else "NO"))
+    for c in plan.checks:
+        mark = "ok " if c.ok else "!! " if c.ok is False else "-- "
+        lines.append(f"  {mark}{c.what}: {c.detail}" if c.what != "checksums"
+                     else f"  {mark}{c.detail}")
+    lines.append("")
+    if blast is not None:
+        lines.append("What will change:")
+        lines += [f"  {line}" for line in blast.lines()]
+    else:
+        for a in plan.databases:
+            target = f" as {plan.target_db}" if plan.target_db else ""
+            lines.append(f"  database {a.name}{target}: {fmt.size(a.size_bytes)} dump")
+        for a in plan.volumes:
+            lines.append(f"  volume {a.name}: replaced by {fmt.size(a.source.get('raw_bytes'))} "
+                         "archive")
+        if plan.stop_containers:
+            lines.append("  stops: " + ", ".join(plan.stop_containers))
+        if plan.stops_postgres:
+            lines.append("  stops PostgreSQL (its data volume is replaced)")
+    lines.append("  way back: " + {
+        "move": "undo point (what is replaced is kept, nothing copied): `dcb undo RESTORE_ID`",
+        "safety": "safety snapshot of what is replaced: `dcb undo RESTORE_ID`",
+        "none": "NONE (--no-safety-backup): the replaced data is deleted"}[plan.undo])
+    if plan.globals is not None:
+        lines.append("  roles: " + ("existing roles reset to the backup's (--roles)"
+                                    if plan.roles else "missing roles created, existing ones "
+                                                       "left as they are"))
     lines.append("")
     for i, s in enumerate(plan.steps, 1):
         lines.append(f"  {i:2}. {s.title}  (~{fmt.duration(s.estimate_seconds)})")
@@ -99,15 +144,24 @@ def plan_text(plan: RestorePlan) -> str:
 
 
 def report_text(r: RestoreReport) -> str:
-    lines = [f"restore {r.restore_id} of set {r.set_id}: "
-             + ("OK" if r.ok else "FAILED") + f" in {fmt.duration(r.seconds)}"]
+    head = "OK" if r.ok else "CANCELLED" if r.cancelled else "FAILED"
+    lines = [f"restore {r.restore_id} of set {r.set_id}: {head} in {fmt.duration(r.seconds)}"]
     for s in r.steps:
         lines.append(f"  [{s.outcome:>6}] {s.title} ({fmt.duration(s.seconds)})"
                      + (f": {s.detail}" if s.detail else ""))
-    for what, diffs in r.verification.items():
-        lines.append(f"  verify {what}: " + ("equal" if not diffs else "; ".join(diffs[:5])))
+    for what in sorted({*r.verification, *r.not_checked}):
+        parts = []
+        if what in r.verification:
+            diffs = r.verification[what]
+            what_ = ", ".join(r.checked.get(what) or [])
+            parts.append((f"equal ({what_})" if what_ else "equal") if not diffs
+                         else "; ".join(diffs[:5]))
+        if r.not_checked.get(what):
+            parts.append("not checked: " + "; ".join(r.not_checked[what]))
+        lines.append(f"  verify {what}: " + "; ".join(parts))
     if r.safety_set_id:
         lines.append(f"  safety snapshot: {r.safety_set_id}")
+    lines += [f"  note: {n}" for n in r.notes]
     if r.error:
         lines.append(f"  error: {r.error}")
     lines += [f"  state: {s}" for s in r.state]
@@ -131,21 +185,28 @@ def _restore(args: argparse.Namespace, cfg: Config, store: BackupStore | None = 
     request = RestoreRequest(
         set_id=args.id, databases=tuple(args.db) if args.db else None,
         volumes=tuple(args.volume) if args.volume else None, target_db=args.as_name,
-        safety_backup=not args.no_safety_backup, delta=args.delta)
+        safety_backup=not args.no_safety_backup, delta=args.delta, roles=args.roles,
+        validate_now=args.dry_run)
     printer = ProgressPrinter(quiet=args.json)
     cancel = threading.Event()
     flow = RestoreFlow(cfg, printer, cancel)
-    if store is not None:  # --from: the verified copy fetched from a destination
-        flow.store = store
-    try:
-        plan = flow.prepare(request)
-        problems = flow.preflight(plan)
-    finally:
-        printer.close()
+    blast = None
+    with CancelOnSignals(cancel, (signal.SIGINT, signal.SIGTERM),
+                         "\ndcb: stopping, nothing was changed...\n"):
+        if store is not None:  # --from: the verified copy fetched from a destination
+            flow.store = store
+        try:
+            plan = flow.prepare(request)
+            problems = flow.preflight(plan)
+            if args.dry_run or not args.json:
+                blast = flow.blast_radius(plan)
+        finally:
+            printer.close()
     if args.json and args.dry_run:
-        print_json({"plan": plan.to_json(), "problems": problems})
+        print_json({"plan": plan.to_json(), "problems": problems,
+                    "blast_radius": blast.to_json() if blast else None})
     elif not args.json:
-        print(plan_text(plan))
+        print(plan_text(plan, blast))
     if problems:
         raise DcbError("preflight failed: " + "; ".join(problems), hint="nothing was changed")
     if args.dry_run:
@@ -170,9 +231,73 @@ def _restore(args: argparse.Namespace, cfg: Config, store: BackupStore | None = 
     else:
         print(report_text(report))
     if not report.ok:
-        sys.stderr.write(f"dcb: restore failed: {report.error}\n")
-        return 1
+        what = "cancelled" if report.cancelled else "failed"
+        sys.stderr.write(f"dcb: restore {what}: {report.error}"
+                         + (f" (undo: {report.undo})" if report.undo else "") + "\n")
+        return Cancelled.exit_code if report.cancelled else 1
     return 0
+
+
+def cmd_undo(args: argparse.Namespace, cfg: Config) -> int:
+    from dcb.services.undo_flow import list_points, release, undo_restore
+
+    if not args.id:
+        if args.release:
+            raise UsageError("--release needs the restore id (`dcb undo` lists them)")
+        points = list_points(cfg)
+        if args.json:
+            print_json([p.to_json() for p in points])
+        elif not points:
+            print("no undo points")
+        else:
+            print(table([undo_row(p) for p in points],
+                        ["RESTORE", "SET", "STATE", "KEEPS", "RELEASED"]))
+        return 0
+    verb = "release the undo point of" if args.release else "undo"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to {verb} {args.id} without confirmation: no terminal "
+                             "to ask on; pass --yes", hint="nothing was changed")
+        warn = ("the restore can no longer be undone" if args.release else
+                "what changed since the restore is discarded")
+        answer = input(f"{verb} {args.id} ({warn})? Type the restore id to go on: ").strip()
+        if answer != args.id:
+            sys.stderr.write("dcb: cancelled, nothing was changed\n")
+            return 1
+    printer = ProgressPrinter(quiet=args.json)
+    cancel = threading.Event()
+    try:
+        if args.release:
+            point = release(cfg, args.id, printer)
+            printer.close()
+            if args.json:
+                print_json(point.to_json())
+            else:
+                print(f"undo point of {args.id} released: {point.describe()}")
+            return 0
+        with CancelOnSignals(cancel, (signal.SIGINT, signal.SIGTERM),
+                             "\ndcb: stopping at the next safe point...\n"):
+            result = undo_restore(cfg, args.id, printer, cancel)
+    finally:
+        printer.close()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        head = "already undone" if result.already else f"undone in {fmt.duration(result.seconds)}"
+        print(f"{args.id}: {head}")
+        for s in result.steps:
+            print(f"  {s}")
+    return 0
+
+
+def undo_row(p: UndoPoint) -> list[str]:
+    if p.state == "undone":
+        when = f"next run (undone {p.undone_at})"
+    elif p.expires_at:
+        when = p.expires_at[:16].replace("T", " ")
+    else:
+        when = "by `dcb undo --release`"
+    return [p.restore_id, p.set_id, p.state, p.describe(), when]
 
 
 def cmd_drill(args: argparse.Namespace, cfg: Config) -> int:
@@ -239,15 +364,31 @@ def incident_markdown(data: dict[str, Any]) -> str:
            f"- volumes: {', '.join(p['volumes']) or '-'}"]
     if r.get("safety_set_id"):
         out.append(f"- safety snapshot: `{r['safety_set_id']}`")
+    if r.get("undo"):
+        out.append(f"- undo: `{r['undo']}`")
+    if data.get("undone"):
+        out.append(f"- undone at {data['undone'].get('at')} "
+                   f"(in {fmt.duration(data['undone'].get('seconds'))})")
     if r.get("error"):
         out.append(f"- error: {r['error']}")
+    out += [f"- note: {n}" for n in r.get("notes") or []]
     out += ["", "## Timeline", "", "| started | step | took | outcome | detail |",
             "|---|---|---|---|---|"]
     for s in r["steps"]:
         out.append(f"| {s['started_at']} | {s['title']} | {fmt.duration(s['seconds'])} | "
                    f"{s['outcome']} | {s['detail'].replace('|', '/')} |")
+    checked = {**{k: None for k in r.get("not_checked") or {}}, **(r.get("verification") or {})}
+    if checked:
+        out += ["", "## Verification", ""]
+        for k in sorted(checked):
+            diffs = (r.get("verification") or {}).get(k)
+            how = ", ".join((r.get("checked") or {}).get(k) or [])
+            line = f"- {k}: " + ((f"equal ({how})" if how else "equal") if diffs == []
+                                 else "; ".join(diffs[:5]) if diffs else "-")
+            missing = (r.get("not_checked") or {}).get(k)
+            if missing:
+                line += "; not checked: " + "; ".join(missing)
+            out.append(line)
     if r.get("state"):
         out += ["", "## State after failure", ""] + [f"- {s}" for s in r["state"]]
-    if r.get("undo"):
-        out += ["", f"Undo: `{r['undo']}`"]
     return "\n".join(out)

@@ -272,7 +272,9 @@ class BackupRun:
                         failure = e
 
         duration = time.monotonic() - t0
-        if failure is None and self.cancel.is_set():
+        if self.cancel.is_set() and not isinstance(failure, Cancelled):
+            # Asked to stop: what failed while the stages were torn down (a dump whose
+            # snapshot session just ended...) is a consequence, not the story.
             failure = Cancelled("backup cancelled")
         if failure is not None:
             self._fail(set_dir, set_id, started, duration, failure)
@@ -348,6 +350,13 @@ class BackupRun:
                                 "warning"))
         for entry in self.root.glob("*/.*.tmp"):
             entry.unlink(missing_ok=True)
+        # A killed restore's staged dump must not end up in pg_basebackup's copy; undo points
+        # whose window ended are released (services/undo_flow.py).
+        from dcb.services.undo_flow import release_expired, remove_staged_dumps
+
+        with contextlib.suppress(DcbError, OSError):
+            remove_staged_dumps(gw, self.cfg.stack.postgres_container, self.report)
+            release_expired(self.cfg, gw, self.report)
 
     def _precheck(self, gw: DockerGateway, pg: PgGateway, plan: _Plan) -> None:
         self.report(StageStarted("precheck"))

@@ -177,6 +177,9 @@ class TimeoutsConfig:
     it is stopped and the run fails; 0: no limit."""
     postgres_ready: int = 120
     """Seconds to wait for PostgreSQL to answer a query before a run gives up."""
+    container_ready: int = 120
+    """Seconds a restore or undo waits for an app container it started again to run (and be
+    healthy, if it has a health check) before it reports a failure; 0: no limit."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ from dcb.services.errors import DcbError, NotFound
 from dcb.services.postgres import PgGateway
 from dcb.services.progress import LogLine, Reporter, null_reporter
 from dcb.services.restore import RestoreFlow, RestoreReport, RestoreRequest, Target
+from dcb.services.restore_model import pg_data_artifact
 from dcb.services.state import state_for
 from dcb.services.store import BackupStore
+from dcb.services.volumes import cluster_layout
 
 DRILL_LABEL = "dcb.drill"
 # Settings given on the server's command line (``-c``): what a clone must reproduce.
@@ -87,12 +89,17 @@ def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_
                            "the drill clones it")
         labels = {DRILL_LABEL: prefix}
         volumes = {a.name: f"{prefix}-{a.name}" for a in s.artifacts if a.kind == "volume"}
-        pg_volume = volumes.get(cfg.stack.postgres_data_volume, f"{prefix}-pgdata")
+        # PostgreSQL's data volume: the set's pg_basebackup, mounted where the live server
+        # has its data directory's volume (PGDATA, cloned, may be below it).
+        pg_art = pg_data_artifact(s.artifacts, cfg.stack.postgres_data_volume)
+        pg_volume = volumes[pg_art.name] if pg_art else f"{prefix}-pgdata"
         for v in {*volumes.values(), pg_volume}:
             gw.client.volumes.create(v, labels=labels)
             created_volumes.append(v)
         pg_name = f"{prefix}-postgres"
-        mount = _data_dir(live.mounts, cfg.stack.postgres_data_volume)
+        live_pg = PgGateway(gw, live.name, cfg.stack.postgres_user, cfg.postgres_password())
+        layout = cluster_layout(gw, live, live_pg.query)
+        mount = layout.data_mount or layout.data_directory
         clone = sandbox_spec(gw.client.api.inspect_container(live.id), cfg.stack.postgres_user)
         gw.client.api.create_container(
             name=pg_name, labels=labels, volumes=[mount],
@@ -107,8 +114,8 @@ def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_
                          f"({live.image}), {len(volumes)} volume(s)"))
         target = Target(postgres_container=pg_name, postgres_user=cfg.stack.postgres_user,
                         password=None, volumes=volumes, app_containers=(),
-                        postgres_data_volume=cfg.stack.postgres_data_volume, sandbox=True)
-        if cfg.stack.postgres_data_volume not in volumes:
+                        postgres_data_volume=pg_art.name if pg_art else "", sandbox=True)
+        if pg_art is None:
             gw.client.containers.get(pg_name).start()
             PgGateway(gw, pg_name, cfg.stack.postgres_user).wait_ready(cfg.timeouts.postgres_ready)
         flow = RestoreFlow(cfg, reporter, cancel, target=target, gw=gw)
@@ -185,13 +192,6 @@ def _compare_settings(gw: DockerGateway, cfg: Config, sandbox: str, reporter: Re
     for d in differ:
         reporter(LogLine(f"the sandbox does not run as the live server: {d}", "warning"))
     return mine, differ
-
-
-def _data_dir(mounts: Any, volume: str) -> str:
-    for m in mounts:
-        if m.volume == volume:
-            return str(m.destination)
-    return "/var/lib/postgresql/data"
 
 
 def remove_stale_sandboxes(gw: DockerGateway) -> None:

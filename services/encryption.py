@@ -251,6 +251,68 @@ def open_decrypted(path: Path, identity: Path | None = None) -> BinaryIO:
     return io.BufferedReader(DecryptingReader(f, path.name, identity), CHUNK)
 
 
+def open_decrypted_from(src: Any, name: str, identity: Path | None = None) -> BinaryIO:
+    """The plaintext of an age stream read from ``src`` (any object with ``read``), fed to
+    ``age -d`` by a thread: a reader that hashes and meters the stored bytes sees each byte
+    once, in order, while the plaintext streams out (a restore extracts exactly the bytes
+    whose checksum it checks). An error of ``src`` (a cancellation) is raised by the reader."""
+    r, w = os.pipe()
+    _big_pipe(w)
+    try:
+        inner = DecryptingReader(os.fdopen(r, "rb"), name, identity)
+    except BaseException:
+        os.close(w)
+        raise
+    return io.BufferedReader(_FedDecryption(inner, src, w), CHUNK)
+
+
+class _FedDecryption(io.RawIOBase):
+    def __init__(self, inner: DecryptingReader, src: Any, w: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._feed, args=(src, w), daemon=True,
+                                        name="dcb-age-feed")
+        self._thread.start()
+
+    def _feed(self, src: Any, w: int) -> None:
+        try:
+            while b := src.read(CHUNK):
+                mv = memoryview(b)
+                done = 0
+                while done < len(mv):
+                    done += os.write(w, mv[done:])
+        except BrokenPipeError:
+            pass  # age stopped reading: its exit status says why
+        except BaseException as e:
+            self.error = e
+        finally:
+            os.close(w)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            n = self.inner.readinto(b)
+        except EncryptionError:
+            self._thread.join()
+            if self.error is not None:
+                raise self.error from None
+            raise
+        if n == 0:
+            self._thread.join()
+            if self.error is not None:
+                raise self.error
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.inner.close()  # age is killed: a blocked feeder gets EPIPE
+            self._thread.join(10)
+        super().close()
+
+
 def keygen(dest: Path) -> str:
     """Write a new age identity to ``dest`` (mode 0600, never overwriting) and return its
     recipient (the public key to put in ``[encryption] recipients``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,14 @@ class DumpError(DcbError):
 
 
 @dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    size_bytes: int
+    allow_connections: bool
+    connections: int
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     version: str
     version_num: int
@@ -54,7 +63,10 @@ class PgGateway:
         self.container = container
         self.user = user
         self._env = {"PGPASSWORD": password} if password else {}
+        self._major: int | None = None
         self.guard: StepGuard | None = None
+        self.restricts: bool | None = None
+        """Whether this container's psql has ``\\restrict`` (services/psql_guard.py)."""
 
     def with_guard(self, guard: StepGuard) -> PgGateway:
         """The same gateway, every process it starts watched by ``guard`` (a step's time
@@ -125,6 +137,12 @@ class PgGateway:
         version, num = out.split("|")
         return ServerInfo(version=version, version_num=int(num))
 
+    def server_major(self) -> int:
+        """The server's major version, asked once per gateway."""
+        if self._major is None:
+            self._major = self.server_info().major
+        return self._major
+
     def database_sizes(self) -> dict[str, int]:
         out = self.query("SELECT datname || '|' || pg_database_size(datname) FROM pg_database "
                          "WHERE NOT datistemplate")
@@ -156,6 +174,97 @@ class PgGateway:
             if code != 0:
                 raise DcbError(f"counting rows in {db} failed: {first_error(p.stderr_text)}")
         return parse_row_counts(out)
+
+    def database_names(self) -> set[str]:
+        return set(self.query("SELECT datname FROM pg_database").splitlines())
+
+    def database_info(self, name: str) -> DatabaseInfo | None:
+        """Size, connection permission and live connections of one database; None if absent."""
+        out = self.query(
+            "SELECT pg_database_size(d.oid) || '|' || d.datallowconn || '|' || "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) "
+            f"FROM pg_database d WHERE d.datname = {_literal(name)}").strip()
+        if not out:
+            return None
+        size, allow, conns = out.rsplit("|", 2)
+        return DatabaseInfo(name=name, size_bytes=int(size),
+                            allow_connections=allow in ("t", "true"),
+                            connections=int(conns))
+
+    def connection_counts(self) -> dict[str, int]:
+        """Live sessions per database (this query's own included)."""
+        counts: dict[str, int] = {}
+        for line in self.query("SELECT datname || '|' || count(*) FROM pg_stat_activity "
+                               "WHERE datname IS NOT NULL GROUP BY datname").splitlines():
+            name, sep, n = line.rpartition("|")
+            if sep and n.isdigit():
+                counts[name] = int(n)
+        return counts
+
+    def role_names(self) -> set[str]:
+        return set(self.query("SELECT rolname FROM pg_roles").splitlines())
+
+    def run_script(self, sql: str, db: str = "postgres", what: str = "SQL script") -> None:
+        """Run a multi-statement script with psql from stdin (each statement on its own,
+        errors fatal)."""
+        with self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", db,
+                        "-o", "/dev/null", "--no-password"], stdin=True) as p:
+            code = p.feed(self.psql_input(iter([sql.encode()])))
+            if code != 0:
+                raise DcbError(f"{what} failed: {first_error(p.stderr_text) or f'exit {code}'}")
+
+    def psql_input(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """SQL for psql's stdin with psql's meta-commands refused when this psql can
+        (services/psql_guard.py): part of it may come from a dump someone else wrote."""
+        from dcb.services.psql_guard import psql_restricts, restricted
+
+        if self.restricts is None:
+            self.restricts = psql_restricts(self)
+        return restricted(chunks) if self.restricts else chunks
+
+    def terminate_connections(self, db: str) -> None:
+        self.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   f"WHERE datname = {_literal(db)} AND pid <> pg_backend_pid()")
+
+    def live_properties_sql(self, db: str) -> str:
+        """What ``pg_dump --create`` prints about database ``db`` itself (no schema)."""
+        with self.exec(["pg_dump", "-U", self.user, "-d", db, "--no-password", "--create",
+                        "--schema-only", "--exclude-schema=*"]) as p:
+            out = p.read_all()
+            code = p.wait(120)
+            if code != 0:
+                raise DcbError(f"reading the properties of {db} failed: "
+                               f"{first_error(p.stderr_text) or f'exit {code}'}")
+        return out.decode("utf-8", "replace")
+
+    def archive_properties_sql(self, path: str | None = None,
+                               chunks: Iterator[bytes] | None = None) -> str:
+        """What ``pg_restore --create --schema-only`` prints for a custom-format dump, read from
+        ``path`` in the container or streamed from ``chunks``. Only the archive's table of
+        contents is read, so pg_restore stops reading a stream early."""
+        cmd = ["pg_restore", "--create", "--schema-only", "-f", "-"]
+        with self.exec([*cmd, path] if path else cmd, stdin=path is None) as p:
+            if chunks is not None and path is None:
+                out: list[bytes] = []
+                drain = threading.Thread(target=lambda: out.extend(p.stdout()), daemon=True,
+                                         name="dcb-props-drain")
+                drain.start()
+                try:
+                    for c in chunks:
+                        p.send(c)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # pg_restore had the table of contents and stopped reading
+                finally:
+                    p.close_stdin()
+                drain.join(120)
+                data = b"".join(out)
+            else:
+                data = p.read_all()
+            code = p.wait(120)
+            if code != 0:
+                raise DumpError(f"pg_restore cannot read the dump's table of contents: "
+                                f"{first_error(p.stderr_text) or f'exit {code}'}")
+        return data.decode("utf-8", "replace")
 
     # -- dumps ----------------------------------------------------------------------------------
     def snapshot_session(self, db: str) -> SnapshotSession:
@@ -371,6 +480,10 @@ def parse_row_counts(text: str) -> dict[str, int]:
         if sep and n.strip().isdigit():
             counts[name] = int(n)
     return counts
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def first_error(stderr: str) -> str:

@@ -49,6 +49,9 @@ its restore's undo window ends (``UndoWindow.ends_at``: the restore's finish tim
 * its restore has no entry (still running, or killed before it recorded its end), or the set
   names no restore: kept as well.
 
+Releasing the undo point (``dcb undo --release``, or automatically after the window) records
+an ``undo-release`` entry, which ends the window at once.
+
 One difference from restic 0.17+: restic also keeps the *oldest* snapshot when a rule still
 has slots left; dcb keeps strictly the newest copy of each bucket.
 
@@ -316,18 +319,24 @@ def undo_windows(history: Iterable[Mapping[str, Any]],
 
     A restore that verified (``ok``) keeps its way back until ``at`` (its finish time) plus
     ``keep_undo_hours``; one that failed or did not verify has no end (``ends_at`` None).
-    An entry without a readable finish time has no end either. The last entry of an id wins.
+    An entry without a readable finish time has no end either. An ``undo-release`` entry
+    (``dcb undo --release``, or the automatic release) ends the window at its ``at``. The
+    last entry of an id wins.
     """
     out: dict[str, UndoWindow] = {}
     for h in history:
-        if h.get("kind") != "restore" or not isinstance(h.get("id"), str):
+        kind = h.get("kind")
+        if kind not in ("restore", "undo-release") or not isinstance(h.get("id"), str):
             continue
         try:
             at = _utc(datetime.fromisoformat(str(h["at"])))
         except (KeyError, ValueError):
-            out[h["id"]] = UndoWindow(None, "has no finish time")
+            if kind == "restore":
+                out[h["id"]] = UndoWindow(None, "has no finish time")
             continue
-        if h.get("ok") is True:
+        if kind == "undo-release":
+            out[h["id"]] = UndoWindow(at)
+        elif h.get("ok") is True:
             out[h["id"]] = UndoWindow(at + timedelta(hours=keep_undo_hours))
         else:
             out[h["id"]] = UndoWindow(None, "failed or did not verify")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,31 @@ class BackupSummary:
 
 
 @dataclass(frozen=True)
+class UndoPointStatus:
+    restore_id: str
+    set_id: str
+    state: str
+    """verified, failed, interrupted, undone (what the restore wrote waits for release)..."""
+    mode: str
+    keeps: str
+    held_bytes: int | None
+    """Disk space it holds (undo volumes, kept databases), as far as known."""
+    created_at: str
+    expires_at: str | None
+
+    @property
+    def command(self) -> str:
+        return (f"dcb undo --release {self.restore_id}" if self.state == "undone"
+                else f"dcb undo {self.restore_id}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"restore_id": self.restore_id, "set_id": self.set_id, "state": self.state,
+                "mode": self.mode, "keeps": self.keeps, "held_bytes": self.held_bytes,
+                "created_at": self.created_at, "expires_at": self.expires_at,
+                "command": self.command}
+
+
+@dataclass(frozen=True)
 class StackStatus:
     collected_at: datetime
     containers: tuple[ContainerStatus, ...]
@@ -46,6 +72,8 @@ class StackStatus:
     backups: BackupSummary
     problems: tuple[str, ...] = field(default=())
     """Human-readable problems (a missing container, volume or database): exit code 4."""
+    undo_points: tuple[UndoPointStatus, ...] = field(default=())
+    """Restores that can still be undone (or whose undone data waits for release)."""
     coverage: Coverage | None = None
     """What is and is not backed up; None when not collected."""
     store_warnings: tuple[str, ...] = ()
@@ -95,6 +123,7 @@ class StackStatus:
                 if self.backups.newest_created_at else None,
             },
             "problems": list(self.problems),
+            "undo_points": [u.to_json() for u in self.undo_points],
             "warnings": list(self.warnings),
             "coverage": self.coverage.to_json() if self.coverage is not None else None,
         }
@@ -157,6 +186,7 @@ def collect_status(cfg: Config, gateway: DockerGateway, *,
     lax = lax_modes(cfg.backup_dir)
     return StackStatus(
         store_warnings=(lax,) if lax else (),
+        undo_points=undo_point_status(cfg, sizes),
         collected_at=datetime.now(UTC),
         containers=tuple(containers),
         volumes=tuple(volumes),
@@ -166,6 +196,23 @@ def collect_status(cfg: Config, gateway: DockerGateway, *,
         problems=tuple(problems),
         coverage=cov,
     )
+
+
+def undo_point_status(cfg: Config, volume_sizes: dict[str, int]) -> tuple[UndoPointStatus, ...]:
+    """The undo points of the configuration's restores (services/undo.py)."""
+    from dcb.services.undo_flow import list_points
+
+    out = []
+    for p in list_points(cfg):
+        held = p.held_bytes + sum(volume_sizes.get(v.undo_volume or "", 0) for v in p.volumes)
+        if p.mode == "safety" and p.safety_set_id:
+            with contextlib.suppress(Exception):
+                from dcb.services.store import BackupStore
+
+                held += BackupStore.for_config(cfg).get(p.safety_set_id).size_bytes
+        out.append(UndoPointStatus(p.restore_id, p.set_id, p.state, p.mode, p.describe(),
+                                   held, p.created_at, p.expires_at))
+    return tuple(out)
 
 
 def _volume_exists(gateway: DockerGateway, name: str) -> bool:

@@ -24,7 +24,7 @@ import os
 import posixpath
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -182,6 +182,8 @@ class ClusterVolumes:
     parts: dict[str, str]
     """Other named volumes holding cluster files (mounted inside the data directory, e.g. a
     separate pg_wal, or at a tablespace): volume -> what it holds."""
+    data_mount: str | None = None
+    """Where the mount holding the data directory is in the container (None: no mount)."""
 
 
 def _within(path: str, root: str) -> bool:
@@ -210,7 +212,49 @@ def cluster_volumes(mounts: tuple[Mount, ...], data_directory: str,
         for t in tablespaces:
             if _within(m.destination, t) or _within(t, m.destination):
                 parts[m.volume] = f"the tablespace at {t}"
-    return ClusterVolumes(data_directory, data_volume, subdir, parts)
+    return ClusterVolumes(data_directory, data_volume, subdir, parts,
+                          holder.destination if holder is not None else None)
+
+
+DEFAULT_PGDATA = "/var/lib/postgresql/data"
+"""The official image's data directory (and Debian's image's, in the tests)."""
+_TABLESPACES_SQL = ("SELECT * FROM (SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                    "WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1) t")
+
+
+def container_pgdata(gw: DockerGateway, name: str) -> str:
+    """The data directory a PostgreSQL container is configured with (``PGDATA``)."""
+    env = gw.client.containers.get(name).attrs.get("Config", {}).get("Env") or []
+    return next((e.partition("=")[2] for e in env if e.startswith("PGDATA=")), DEFAULT_PGDATA)
+
+
+def cluster_layout(gw: DockerGateway, container: ContainerInfo,
+                   query: Callable[[str], str] | None = None) -> ClusterVolumes:
+    """Which volumes hold a PostgreSQL container's cluster: the data directory and tablespaces
+    the server reports when it answers (``query``), else the container's ``PGDATA``."""
+    rows: list[str] = []
+    if query is not None and container.running:
+        with contextlib.suppress(DcbError):
+            rows = query(f"SELECT current_setting('data_directory') UNION ALL "
+                         f"{_TABLESPACES_SQL}").splitlines()
+    if not rows or not rows[0].strip():
+        rows = [container_pgdata(gw, container.name)]
+    return cluster_volumes(container.mounts, rows[0].strip(),
+                           tuple(r.strip() for r in rows[1:] if r.strip()))
+
+
+def safe_subdir(value: object) -> str:
+    """A manifest's ``data_subdir`` (input): ``"."`` when absent, else a plain relative path
+    inside the volume; ``..``, absolute or odd paths are refused."""
+    if value in (None, "", "."):
+        return "."
+    text = str(value)
+    norm = posixpath.normpath(text)
+    if (text.startswith("/") or norm.startswith("..") or norm != text.rstrip("/")
+            or any(ord(c) < 32 for c in text) or len(text) > 255):
+        raise DcbError(f"the manifest's data_subdir {text[:80]!r} is not a plain "
+                       "subdirectory of the volume")
+    return norm
 
 
 def resolve_pg_data_volume(configured: str, explicit: bool, container: ContainerInfo,

@@ -206,6 +206,15 @@ def sweep(client: docker.DockerClient) -> None:
         if not _owner_alive(v.attrs.get("Labels")):
             with contextlib.suppress(docker.errors.APIError):
                 v.remove(force=True)
+    # Undo volumes a killed test session's restores left: the volume they belong to is gone.
+    for v in client.volumes.list(filters={"label": "dcb.undo"}):
+        of = (v.attrs.get("Labels") or {}).get("dcb.undo.of", "")
+        if v.name.startswith("dcbt") and of:
+            try:
+                client.volumes.get(of)
+            except docker.errors.NotFound:
+                with contextlib.suppress(docker.errors.APIError):
+                    v.remove(force=True)
 
 
 def wait_for_postgres(client: docker.DockerClient, name: str, timeout: float = 60) -> None:
@@ -240,11 +249,7 @@ def create_stack(client: docker.DockerClient) -> TestStack:
                      "interval": 1_000_000_000, "timeout": 3_000_000_000, "retries": 30},
     )
     st.created.append(("container", st.postgres_container))
-    backend = client.containers.run(
-        BUSYBOX_IMAGE, ["sleep", "2147483647"], name=st.backend_container, detach=True,
-        network_mode="none", labels=LABEL, init=True,
-        volumes={st.functions_volume: {"bind": "/data", "mode": "rw"}},
-    )
+    backend = start_backend(st)
     st.created.append(("container", st.backend_container))
     backend.put_archive("/data", functions_tree_tar(prefix.encode()))
     wait_for_postgres(client, st.postgres_container)
@@ -254,7 +259,32 @@ def create_stack(client: docker.DockerClient) -> TestStack:
     return st
 
 
+def release_undo_points(st: TestStack) -> None:
+    """Drop what restores of this stack kept for undo (undo/discarded databases, undo volumes),
+    directly, so one test's undo points never show up in the next test."""
+    with contextlib.suppress(AssertionError, docker.errors.APIError):
+        names = st.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE "
+                                    "'%\\_\\_dcb\\_%'").split()
+        for n in names:
+            st.psql("postgres", f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+    for v in st.client.volumes.list(filters={"label": "dcb.undo"}):
+        if v.name.startswith(st.prefix):
+            with contextlib.suppress(docker.errors.APIError):
+                v.remove(force=True)
+
+
+def start_backend(st: TestStack) -> Any:
+    """The app container: busybox sleeping with the functions volume at /data (created again
+    by tests that remove it, as ``docker compose down -v`` would)."""
+    return st.client.containers.run(
+        BUSYBOX_IMAGE, ["sleep", "2147483647"], name=st.backend_container, detach=True,
+        network_mode="none", labels=LABEL, init=True,
+        volumes={st.functions_volume: {"bind": "/data", "mode": "rw"}},
+    )
+
+
 def destroy_stack(st: TestStack) -> None:
+    release_undo_points(st)
     for kind, name in reversed(st.created):
         try:
             if kind == "container":

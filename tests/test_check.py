@@ -206,11 +206,17 @@ def test_metrics_parse_with_prometheus_client(tmp_path: Path):
     assert 0 < value("dcb_backup_disk_free_bytes") < value("dcb_backup_disk_size_bytes")
     assert value("dcb_schedule_up") == 0
     assert value("dcb_check_status") == 0
-    assert "dcb_replication_lag_seconds" in fams  # per destination, once replication exists
+    assert "dcb_replication_lag_seconds" in fams  # a sample per configured destination
 
     out = tmp_path / "textfile" / "dcb.prom"
     out.parent.mkdir()
     r = run_dcb("metrics", "--textfile", str(out), "--config", str(cfg))
     assert r.code == 0 and out.is_file()
     assert {f.name for f in text_string_to_metric_families(out.read_text())} == set(fams)
+    # --json: the same samples for scripts.
+    r = run_dcb("metrics", "--json", "--config", str(cfg))
+    assert r.code == 0, r.err
+    js = {(x["name"], tuple(sorted(x["labels"].items()))): x["value"] for x in json.loads(r.out)}
+    assert js[("dcb_last_duration_seconds", (("kind", "drill"),))] == 42.5
+    assert js[("dcb_sets", (("status", "failed"),))] == 1
     assert [p.name for p in out.parent.iterdir()] == ["dcb.prom"]  # no temp file left

@@ -131,6 +131,12 @@ def test_status_names_what_is_not_backed_up(stack: TestStack, extras: Extras, tm
                and "[stack] volumes" in w for w in warnings), r.out
     assert "3 unprotected" in r.out
 
+    # dcb check (Nagios): the same gaps are a WARNING finding, named with the setting to change.
+    r = run_dcb("check", "--json", "--config", str(cfg))
+    (cov,) = [f for f in json.loads(r.out)["findings"] if f["name"] == "coverage"]
+    assert cov["status"] == "WARNING", cov
+    assert ORPHAN in cov["message"] and extras.writer_volume in cov["message"], cov
+
 
 def test_configured_database_that_is_gone_is_missing(stack: TestStack, tmp_path: Path):
     cfg = stack.write_config(tmp_path, stack={"databases": ["dart_cloud", "no_such_db"]})

@@ -57,8 +57,9 @@ def test_a_databases_only_set_never_prunes_the_volumes(stack: TestStack, tmp_pat
     backend = stack.client.containers.get(stack.backend_container)
     assert backend.exec_run(["sh", "-c", "echo later > /data/functions/later.txt"]).exit_code == 0
     assert stack.volume_listing(vol) != at_full2
-    r = run_dcb("restore", full2, "--volume", vol, "--yes", "--json", "--config", str(cfg),
-                timeout=900)
+    # --delta keeps files in place, so the way back is a safety set (not an undo point).
+    r = run_dcb("restore", full2, "--volume", vol, "--delta", "--yes", "--json", "--config",
+                str(cfg), timeout=900)
     assert r.code == 0, r.err + r.out
     report = json.loads(r.out)["report"]
     assert report["ok"] is True
@@ -81,3 +82,11 @@ def test_a_databases_only_set_never_prunes_the_volumes(stack: TestStack, tmp_pat
     assert json.loads(r.out)["removed"] == [safety]
     ids = {s["id"] for s in json.loads(run_dcb("list", "--json", "--config", str(cfg)).out)}
     assert ids == {full2, db_only}
+
+    # Releasing the undo point records the end of its window for retention.
+    rid = report["restore_id"]
+    r = run_dcb("undo", "--release", rid, "--yes", "--config", str(cfg))
+    assert r.code == 0, r.err
+    hist = json.loads(run_dcb("history", "--json", "--config", str(cfg)).out)
+    assert [(h["kind"], h.get("id")) for h in hist][-1] == ("undo-release", rid)
+    assert json.loads(run_dcb("undo", "--json", "--config", str(cfg)).out) == []

@@ -83,13 +83,34 @@ def test_list_verify_restore_and_drill_from_a_read_only_store(
     assert r.code == 0 and f"Restore {rid}" in r.out, r.err
     assert (state / ".lock").exists()
 
-    # A safety snapshot cannot be stored on the mount: refused in one line, nothing changed.
-    r = run_dcb("restore", set_id, "--db", "dart_cloud", "--yes", "--config", str(cfg),
+    # An undo point needs no write to the mount: the replaced database is kept renamed, its
+    # record goes to the state dir; releasing it ends its window there too.
+    stack.psql("dart_cloud", "DELETE FROM invoices WHERE no < 50")
+    r = run_dcb("restore", set_id, "--db", "dart_cloud", "--yes", "--json", "--config",
+                str(cfg), env=env)
+    assert r.code == 0, r.err + r.out
+    report = json.loads(r.out)["report"]
+    assert report["undo_point"] is True and report["safety_set_id"] is None
+    assert stack.table_digest("dart_cloud") == before_db
+    assert (state / "undo" / f"{report['restore_id']}.json").is_file()
+    r = run_dcb("undo", "--release", report["restore_id"], "--yes", "--config", str(cfg),
                 env=env)
+    assert r.code == 0, r.err
+    r = run_dcb("history", "--json", "--config", str(cfg), env=env)
+    assert [h["kind"] for h in json.loads(r.out)][-1] == "undo-release"
+
+    # Where nothing can be moved aside (--delta keeps the files in place), the way back would
+    # be a safety snapshot, which cannot be stored on the mount: refused in one line before
+    # anything changed.
+    stack.client.containers.get(stack.backend_container).exec_run(
+        ["sh", "-c", "echo stray > /data/stray2"])
+    r = run_dcb("restore", set_id, "--volume", stack.functions_volume, "--delta", "--yes",
+                "--config", str(cfg), env=env)
     assert r.code == 1
     assert "no safety snapshot possible" in r.err and "Read-only file system" in r.err
     assert "--no-safety-backup" in r.err and "Traceback" not in r.err
-    assert stack.table_digest("dart_cloud") == before_db
+    assert "stray2" in stack.volume_listing(stack.functions_volume)
+    stack.client.containers.get(stack.backend_container).exec_run(["rm", "/data/stray2"])
 
     # drill
     r = run_dcb("drill", set_id, "--json", "--config", str(cfg), env=env, timeout=900)

@@ -617,13 +617,21 @@ def test_undo_windows_from_history() -> None:
         {"kind": "restore", "id": "r4", "ok": True, "at": "yesterday"},
         {"kind": "restore", "id": "r5", "ok": False, "at": "2026-05-01T12:00:00+00:00"},
         {"kind": "restore", "id": "r5", "ok": True, "at": "2026-05-01T13:00:00+02:00"},
+        {"kind": "restore", "id": "r6", "ok": False, "at": "2026-05-01T12:00:00+00:00"},
+        {"kind": "undo-release", "id": "r6", "ok": True, "at": "2026-05-01T15:00:00+00:00"},
+        {"kind": "restore", "id": "r7", "ok": True, "at": "2026-05-01T12:00:00+00:00"},
+        {"kind": "undo-release", "id": "r7", "at": "2026-05-01T12:30:00+00:00"},
     ]
     w = undo_windows(history, keep_undo_hours=24)
     assert w["r1"] == UndoWindow(at("2026-05-02 10:00"))
     assert w["r2"].ends_at is None and "failed" in w["r2"].note
     assert w["r3"].ends_at is None and w["r4"].ends_at is None
     assert w["r5"] == UndoWindow(at("2026-05-02 11:00"))  # the last entry wins, in UTC
-    assert set(w) == {"r1", "r2", "r3", "r4", "r5"}
+    # Released (by `dcb undo --release` or after its window): the window ended then, even
+    # for a restore that failed (whose safety set would otherwise be kept forever).
+    assert w["r6"] == UndoWindow(at("2026-05-01 15:00"))
+    assert w["r7"] == UndoWindow(at("2026-05-01 12:30"))
+    assert set(w) == {"r1", "r2", "r3", "r4", "r5", "r6", "r7"}
     assert undo_windows(history, keep_undo_hours=0)["r1"] == UndoWindow(at("2026-05-01 10:00"))
     assert undo_windows(history, keep_undo_hours=1.5)["r1"].ends_at == at("2026-05-01 11:30")
 

@@ -21,7 +21,7 @@ from dcb.tui.screens.tasks import BackupScreen, SetDetailScreen
 from dcb.widgets.backups_table import BackupsTable
 from dcb.widgets.status_panes import ContainersPane, StatusLine
 from tests.conftest import run_dcb
-from tests.stackkit import BUSYBOX_IMAGE, TestStack
+from tests.stackkit import BUSYBOX_IMAGE, TestStack, release_undo_points
 
 
 async def wait_for(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float = 60.0,
@@ -160,10 +160,13 @@ async def test_restore_wizard_end_to_end(stack: TestStack, tmp_path: Path):
         await wait_for(pilot, lambda: wizard.step == "result", timeout=300, what="restore ran")
         text = str(wizard.query_one("#result-text", Static).render())
         assert "Restore complete and verified" in text, text
-        assert wizard.report is not None and wizard.report.safety_set_id
+        assert wizard.report is not None and wizard.report.undo == \
+            f"dcb undo {wizard.report.restore_id}"
         assert stack.table_digest("dart_cloud") == before
+        release_undo_points(stack)  # the restore kept the damaged database: not needed here
         await pilot.click("#result-close")
-        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen),
+                       what=f"dashboard (on {app.screen!r}, focus {app.focused!r})")
 
 
 async def test_wizard_refuses_a_corrupted_set_and_escape_goes_back(stack: TestStack,

@@ -104,7 +104,7 @@ def rich_set(stack: TestStack, rich: Volume, tmp_path_factory: pytest.TempPathFa
     return RichSet(cfg, str(made["id"]), Path(str(made["path"])), before, tools)
 
 
-def _restore_into_emptied(stack: TestStack, rich: Volume, cfg: Path, set_id: str) -> None:
+def _empty(rich: Volume) -> None:
     for entry in rich.path.iterdir():  # the volume is lost...
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -112,9 +112,17 @@ def _restore_into_emptied(stack: TestStack, rich: Volume, cfg: Path, set_id: str
             entry.unlink()
     (rich.path / "junk").write_text("left by someone")
     os.chmod(rich.path, 0o777)
+
+
+def _restore_into_emptied(stack: TestStack, rich: Volume, cfg: Path, set_id: str) -> str:
+    """Restore the volume into its emptied self; the restore step's detail."""
+    _empty(rich)
     r = run_dcb("restore", set_id, "--volume", rich.name, "--yes", "--no-safety-backup",
-                "--config", str(cfg), timeout=600)  # ...and restored
+                "--json", "--config", str(cfg), timeout=600)  # ...and restored
     assert r.code == 0, r.err + r.out
+    step = next(s for s in json.loads(r.out)["report"]["steps"] if s["key"].startswith("volume:"))
+    detail: str = step["detail"]
+    return detail
 
 
 def test_everything_a_volume_holds_survives_backup_verify_restore(
@@ -122,12 +130,37 @@ def test_everything_a_volume_holds_survives_backup_verify_restore(
     r = run_dcb("verify", rich_set.id, "--deep", "--config", str(rich_set.config))
     assert r.code == 0, r.err + r.out
     assert "entries read and checked as a restore would" in r.out
-    _restore_into_emptied(stack, rich, rich_set.config, rich_set.id)
+    detail = _restore_into_emptied(stack, rich, rich_set.config, rich_set.id)
+    assert "GNU tar" in detail  # validated, into an empty directory: host GNU tar wrote it
     assert snapshot(rich.path) == rich_set.before
     assert tools_view(rich.path) == rich_set.tools
     assert "user:1234:rw-" in rich_set.tools and "cap_net_bind_service" in rich_set.tools
     assert os.readlink(rich.path / "current") == "/data/releases/42"
     assert (rich.path / "data/sparse.img").stat().st_blocks * 512 < 1024 * 1024  # still sparse
+
+
+def test_dcbs_own_extractor_keeps_the_same(stack: TestStack, rich: Volume, rich_set: RichSet,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no GNU tar on the host, dcb's own extractor writes the volume: the
+    same tree, attributes, ACLs, capabilities and sparseness."""
+    from dcb.services import restore_steps
+    from dcb.services.restore import RestoreFlow, RestoreRequest
+
+    monkeypatch.setattr(restore_steps, "gnu_tar", lambda: None)
+    _empty(rich)
+    flow = RestoreFlow(load_config(str(rich_set.config)))
+    try:
+        plan = flow.prepare(RestoreRequest(rich_set.id, volumes=(rich.name,),
+                                           safety_backup=False))
+        report = flow.execute(plan, plan.confirm_token)
+    finally:
+        flow.gw.close()
+    assert report.ok, report.error
+    step = next(s for s in report.steps if s.key.startswith("volume:"))
+    assert "GNU tar" not in step.detail
+    assert snapshot(rich.path) == rich_set.before
+    assert tools_view(rich.path) == rich_set.tools
+    assert (rich.path / "data/sparse.img").stat().st_blocks * 512 < 1024 * 1024
 
 
 def test_helper_container_keeps_the_same_but_trusted_attributes(

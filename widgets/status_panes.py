@@ -114,6 +114,12 @@ class DiskPane(Static):
             for v in st.volumes:
                 size = fmt.size(v.size_bytes) if v.exists else "[b red]missing[/]"
                 lines.append(f"volume {v.name}: {size}")
+            for u in st.undo_points:
+                colour = "yellow" if u.state in ("failed", "interrupted") else "cyan"
+                until = (f", released {u.expires_at[:16].replace('T', ' ')}"
+                         if u.expires_at and u.state == "verified" else "")
+                lines.append(f"[{colour}]undo point {u.restore_id}[/]: holds "
+                             f"{fmt.size(u.held_bytes)} ({u.state}{until}; `{u.command}`)")
         self.update("\n".join(lines) or "…")
 
 

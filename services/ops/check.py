@@ -18,6 +18,9 @@ Conditions, each a ``Finding``:
 - ``replication``: a destination's lag above ``replication_lag_hours``: WARNING.
 - ``stopped``: a container dcb stopped and a killed run never started again: CRITICAL.
 - ``permissions``: the backup store open to other users (group or others): WARNING.
+- ``coverage``: a database or volume of the stack that no backup takes (services/coverage.py):
+  WARNING; the Docker engine not answering: UNKNOWN. PostgreSQL down or missing is said but
+  stays OK here: the backups it breaks show in ``rpo`` and ``failures``.
 - the backup dir cannot be read: UNKNOWN.
 
 The overall status is the worst finding, ranked CRITICAL > WARNING > UNKNOWN > OK.
@@ -35,7 +38,7 @@ from dcb.services import formatting as fmt
 from dcb.services.backup import read_history
 from dcb.services.config import Config
 from dcb.services.disk import DiskUsage, disk_usage
-from dcb.services.errors import DcbError
+from dcb.services.errors import DcbError, DockerUnavailable
 from dcb.services.ops.heartbeat import DaemonState, read_state
 from dcb.services.store import BackupSet, BackupStore
 
@@ -248,11 +251,34 @@ def _replication(cfg: Config, lags: Sequence[tuple[str, float | None]]) -> list[
     return out
 
 
-def run_check(cfg: Config, now: datetime | None = None, *, heartbeat: bool = True,
-              lags: Sequence[tuple[str, float | None]] | None = None) -> CheckReport:
-    """Every condition against the store, the history and the heartbeat.
+def _coverage(cfg: Config) -> Finding:
+    from dcb.services.coverage import coverage
+    from dcb.services.docker_gateway import DockerGateway
 
-    ``heartbeat=False``: the daemon checking itself (its own heartbeat means nothing)."""
+    try:
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
+        try:
+            cov = coverage(cfg, gw)
+        finally:
+            gw.close()
+    except DockerUnavailable as e:
+        return Finding("coverage", UNKNOWN, f"coverage not checked: {e.message}")
+    gaps = [w for w in cov.warnings if w not in cov.unchecked]
+    n = len(cov.unprotected)
+    perf = (("unprotected", float(n), "0;"),)
+    if gaps:
+        return Finding("coverage", WARNING, "; ".join(gaps), perf)
+    text = "; ".join(cov.unchecked) or "every database and volume of the stack is backed up"
+    return Finding("coverage", OK, text, perf)
+
+
+def run_check(cfg: Config, now: datetime | None = None, *, heartbeat: bool = True,
+              lags: Sequence[tuple[str, float | None]] | None = None,
+              with_coverage: bool = True) -> CheckReport:
+    """Every condition against the store, the history, the heartbeat and the stack.
+
+    ``heartbeat=False``: the daemon checking itself (its own heartbeat means nothing).
+    ``with_coverage=False``: leave the stack alone (no Docker or PostgreSQL call)."""
     now = now or datetime.now(UTC)
     findings: list[Finding] = []
     try:
@@ -276,6 +302,8 @@ def run_check(cfg: Config, now: datetime | None = None, *, heartbeat: bool = Tru
     findings.extend(_anomalies(cfg, history))
     findings.extend(_replication(cfg, replication_lags(cfg, now) if lags is None else lags))
     findings.extend(_left_behind(cfg))
+    if with_coverage:
+        findings.append(_coverage(cfg))
     return CheckReport(tuple(findings), now)
 
 

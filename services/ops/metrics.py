@@ -205,6 +205,12 @@ def exposition(cfg: Config, now: datetime | None = None) -> str:
     return generate_latest(registry(cfg, now)).decode()
 
 
+def samples(cfg: Config, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The same samples as :func:`exposition`, as plain data (``dcb metrics --json``)."""
+    return [{"name": smp.name, "labels": dict(smp.labels), "value": smp.value}
+            for fam in registry(cfg, now).collect() for smp in fam.samples]
+
+
 def write_textfile(cfg: Config, path: str | None = None) -> Path | None:
     """Write the metrics to ``[metrics] textfile`` (or ``path``) atomically; None when unset."""
     target = path or cfg.metrics.textfile

@@ -1,16 +1,17 @@
 """The restore wizard: scope -> checks -> plan and confirmation -> execution -> result.
 
-A state machine over services.restore.RestoreFlow. Nothing changes before the user has typed
-the set id on the confirmation step (the service itself refuses without that token). Escape
-goes back a step before execution; during execution leaving needs an explicit cancel that says
-what state things will be left in.
+A state machine over services.restore.RestoreFlow. The screen shows the plan the service made
+(its checks, its steps, what will change) and hands the same plan back to be executed: no SQL
+and no Docker calls here. Nothing changes before the user has typed the set id on the
+confirmation step (the service itself refuses without that token). Escape goes back a step
+before execution; during execution leaving needs an explicit cancel that says what state things
+will be left in. The result step undoes the restore (``u``) through the same service as
+``dcb undo``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from textual import on, work
@@ -35,8 +36,15 @@ from dcb.services import formatting as fmt
 from dcb.services.config import Config
 from dcb.services.errors import DcbError, NotFound
 from dcb.services.progress import Event, StageFailed, StageFinished, StageStarted
-from dcb.services.restore import RestoreFlow, RestorePlan, RestoreReport, RestoreRequest
+from dcb.services.restore import (
+    BlastRadius,
+    RestoreFlow,
+    RestorePlan,
+    RestoreReport,
+    RestoreRequest,
+)
 from dcb.services.store import BackupSet, BackupStore
+from dcb.services.undo_flow import UndoResult, undo_restore
 from dcb.tui.messages import ServiceEvent
 from dcb.tui.screens.common import ConfirmScreen
 from dcb.widgets.progress_panel import ProgressPanel
@@ -44,19 +52,23 @@ from dcb.widgets.progress_panel import ProgressPanel
 STEPS = ("scope", "checks", "confirm", "run", "result")
 
 
-@dataclass
-class BlastRadius:
-    volumes: list[str] = field(default_factory=list)
-    databases: list[str] = field(default_factory=list)
-
-
 class Prepared(Message):
-    def __init__(self, plan: RestorePlan | None, problems: list[str], blast: BlastRadius,
-                 error: DcbError | None) -> None:
+    def __init__(self, plan: RestorePlan | None, without_undo: RestorePlan | None,
+                 problems: list[str], blast: BlastRadius | None, error: DcbError | None
+                 ) -> None:
         super().__init__()
         self.plan = plan
+        self.without_undo = without_undo
+        """The same plan with ``--no-safety-backup`` (the switch on the confirm step)."""
         self.problems = problems
         self.blast = blast
+        self.error = error
+
+
+class Undone(Message):
+    def __init__(self, result: UndoResult | None, error: DcbError | None) -> None:
+        super().__init__()
+        self.result = result
         self.error = error
 
 
@@ -81,6 +93,9 @@ class RestoreWizard(Screen[RestoreReport | None]):
         self.step = "scope"
         self.cancel = threading.Event()
         self.plan: RestorePlan | None = None
+        self.plans: dict[bool, RestorePlan] = {}
+        """The validated plan with (True) and without (False) its way back."""
+        self.blast: BlastRadius | None = None
         self.report: RestoreReport | None = None
         self.running = False
 
@@ -107,7 +122,8 @@ class RestoreWizard(Screen[RestoreReport | None]):
                 yield Static("", id="blast")
                 with Horizontal(id="safety-row"):
                     yield Switch(value=True, id="safety")
-                    yield Label("Take a safety snapshot first (undo possible)")
+                    yield Label("Keep an undo point (what is replaced is kept, not copied: "
+                                "undo in seconds)", id="safety-label")
                 yield Label("", id="confirm-label")
                 yield Input(placeholder="type the set id to confirm", id="confirm-input")
                 with Horizontal(classes="buttons"):
@@ -120,7 +136,7 @@ class RestoreWizard(Screen[RestoreReport | None]):
                 yield Static("", id="result-text")
                 with Horizontal(classes="buttons"):
                     yield Button("Close", id="result-close", variant="primary")
-                    yield Button("Undo (restore safety snapshot)", id="result-undo")
+                    yield Button("Undo this restore", id="result-undo")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -160,8 +176,8 @@ class RestoreWizard(Screen[RestoreReport | None]):
             if box.value and box.name:
                 kind, _, name = box.name.partition(":")
                 (dbs if kind == "database" else vols).append(name)
-        return RestoreRequest(set_id=self.set_id, databases=tuple(dbs), volumes=tuple(vols),
-                              safety_backup=self.query_one("#safety", Switch).value)
+        # With its way back; the confirm step's switch picks the plan without one.
+        return RestoreRequest(set_id=self.set_id, databases=tuple(dbs), volumes=tuple(vols))
 
     @on(Button.Pressed, "#scope-next")
     def _scope_next(self) -> None:
@@ -185,47 +201,19 @@ class RestoreWizard(Screen[RestoreReport | None]):
     @work(thread=True, exclusive=True, group="restore-prepare", exit_on_error=False)
     def prepare(self, req: RestoreRequest) -> None:
         flow = RestoreFlow(self.cfg, self.reporter, self.cancel)
-        blast = BlastRadius()
         try:
             plan = flow.prepare(req)
             problems = flow.preflight(plan)
-            blast = self._blast_radius(flow, plan)
+            blast = flow.blast_radius(plan)
+            without = flow.replan(plan, safety_backup=False)
         except DcbError as e:
-            self.post_message(Prepared(None, [], blast, e))
+            self.post_message(Prepared(None, None, [], None, e))
             return
         except Exception as e:
-            self.post_message(Prepared(None, [], blast, DcbError(f"{type(e).__name__}: {e}")))
+            self.post_message(Prepared(None, None, [], None,
+                                       DcbError(f"{type(e).__name__}: {e}")))
             return
-        self.post_message(Prepared(plan, problems, blast, None))
-
-    def _blast_radius(self, flow: RestoreFlow, plan: RestorePlan) -> BlastRadius:
-        b = BlastRadius()
-        gw = flow.gw
-        sizes = gw.volume_sizes()
-        for a in plan.volumes:
-            name = flow.target.volumes[a.name]
-            users = [c.name for c in gw.containers_using_volume(name)]
-            b.volumes.append(
-                f"volume [b]{name}[/]: now {fmt.size(sizes.get(name))}, used by "
-                f"{', '.join(users) or 'no container'} → replaced by "
-                f"{fmt.size(a.source.get('raw_bytes'))} from the backup")
-        if plan.databases:
-            pg = flow.pg
-            try:
-                live_sizes = pg.database_sizes()
-                conns = dict(
-                    line.split("|") for line in pg.query(
-                        "SELECT datname || '|' || count(*) FROM pg_stat_activity "
-                        "WHERE datname IS NOT NULL GROUP BY datname").splitlines() if "|" in line)
-            except DcbError:
-                live_sizes, conns = {}, {}
-            for a in plan.databases:
-                rows = sum((a.source.get("row_counts") or {}).values())
-                b.databases.append(
-                    f"database [b]{a.name}[/]: now {fmt.size(live_sizes.get(a.name))}, "
-                    f"{conns.get(a.name, '0')} live connections → replaced by the backup's "
-                    f"{fmt.size(a.size_bytes)} dump" + (f" ({rows:,} rows)" if rows else ""))
-        return b
+        self.post_message(Prepared(plan, without, problems, blast, None))
 
     @on(ServiceEvent)
     def _service_event(self, msg: ServiceEvent) -> None:
@@ -245,20 +233,11 @@ class RestoreWizard(Screen[RestoreReport | None]):
                              + "\n\nNothing was changed. Escape goes back.")
             checklist.add_class("failed")
             return
-        self.plan = msg.plan
-        n = len(msg.plan.databases) + len(msg.plan.volumes)
-        lines = [f"[green]✓[/] checksums of {n} artifact(s) match the manifest"
-                 if not msg.plan.set.legacy else "[yellow]![/] legacy set: no checksums",
-                 "[green]✓[/] every archive and dump read through",
-                 "[green]✓[/] Docker reachable"]
-        if msg.problems:
-            lines += [f"[b red]✗ {p}[/]" for p in msg.problems]
-            lines.append("\nNothing was changed. Escape goes back.")
-        else:
-            lines += ["[green]✓[/] free space, server version, containers"]
-        lines += [f"[yellow]![/] {n}" for n in msg.plan.notes]
-        checklist.update("\n".join(lines))
-        self._blast = msg.blast
+        plan = msg.plan
+        self.plan = plan
+        self.plans = {True: plan, False: msg.without_undo or plan}
+        self.blast = msg.blast
+        checklist.update("\n".join(checklist_lines(plan, msg.problems)))
         self.query_one("#checks-next", Button).disabled = bool(msg.problems)
         if not msg.problems:
             self.query_one("#checks-next", Button).focus()
@@ -272,24 +251,38 @@ class RestoreWizard(Screen[RestoreReport | None]):
     def _checks_next(self) -> None:
         plan = self.plan
         assert plan is not None
-        steps = "\n".join(f"  {i:2}. {s.title}  [dim](~{fmt.duration(s.estimate_seconds)})[/]"
-                          for i, s in enumerate(plan.steps, 1))
-        self.query_one("#plan-text", Static).update(
-            f"[b]Plan[/] (estimated {fmt.duration(plan.estimate_seconds)})\n{steps}")
-        blast = getattr(self, "_blast", BlastRadius())
-        stops = ", ".join(plan.stop_containers) or "nothing"
-        self.query_one("#blast", Static).update(
-            "[b]What will change[/]\n" + "\n".join(
-                [f"  {line}" for line in (*blast.volumes, *blast.databases)]
-                + [f"  containers stopped and started again: {stops}"]
-                + (["  [b]PostgreSQL is stopped[/] (its data volume is replaced)"]
-                   if plan.stops_postgres else [])))
+        switch = self.query_one("#safety", Switch)
+        switch.value = plan.safety_backup
+        switch.disabled = not self.plans[True].safety_backup
+        self._render_plan()
         self.query_one("#confirm-label", Label).update(
             f"Type [b]{plan.confirm_token}[/] to confirm:")
         self.query_one("#confirm-input", Input).value = ""
         self.query_one("#confirm-go", Button).disabled = True
         self._show("confirm")
         self.query_one("#confirm-input", Input).focus()
+
+    def _render_plan(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        steps = "\n".join(f"  {i:2}. {s.title}  [dim](~{fmt.duration(s.estimate_seconds)})[/]"
+                          for i, s in enumerate(plan.steps, 1))
+        self.query_one("#plan-text", Static).update(
+            f"[b]Plan[/] (estimated {fmt.duration(plan.estimate_seconds)})\n{steps}")
+        change = self.blast.lines() if self.blast is not None else []
+        way_back = {"move": "an undo point keeps what is replaced (nothing copied)",
+                    "safety": "a safety snapshot of what is replaced is taken first",
+                    "none": "[b red]none: the replaced data is deleted[/]"}[plan.undo]
+        self.query_one("#blast", Static).update(
+            "[b]What will change[/]\n" + "\n".join(f"  {line}" for line in change)
+            + f"\n  way back: {way_back}")
+
+    @on(Switch.Changed, "#safety")
+    def _safety_switched(self, event: Switch.Changed) -> None:
+        if not self.plans or self.step != "confirm":
+            return
+        self.plan = self.plans[event.value]
+        self._render_plan()
 
     @on(Input.Changed, "#confirm-input")
     def _typed(self, event: Input.Changed) -> None:
@@ -310,12 +303,6 @@ class RestoreWizard(Screen[RestoreReport | None]):
         plan = self.plan
         assert plan is not None
         token = self.query_one("#confirm-input", Input).value.strip()
-        safety = self.query_one("#safety", Switch).value
-        if safety != plan.safety_backup:
-            plan = dataclasses.replace(
-                plan, safety_backup=safety,
-                steps=tuple(s for s in plan.steps if safety or s.key != "safety"))
-            self.plan = plan
         self._show("run")
         self.running = True
         self._render_run_steps(None)
@@ -366,19 +353,8 @@ class RestoreWizard(Screen[RestoreReport | None]):
             text.update(f"[b red]✗ restore did not start: {err.message if err else '?'}[/]"
                         + (f"\n{err.hint}" if err and err.hint else ""))
         else:
-            head = ("[b green]✓ Restore complete and verified[/]" if r.ok
-                    else f"[b red]✗ Restore FAILED[/]: {r.error}")
-            lines = [head, f"took {fmt.duration(r.seconds)}", ""]
-            for what, diffs in r.verification.items():
-                lines.append(f"  {what}: " + ("[green]equal to the backup[/]" if not diffs
-                                               else "[red]" + "; ".join(diffs[:5]) + "[/]"))
-            lines += [f"  state: {s}" for s in r.state]
-            if r.safety_set_id:
-                lines.append(f"\nsafety snapshot: [b]{r.safety_set_id}[/] "
-                             "(u or the Undo button restores it)")
-            lines.append(f"incident log: dcb history --restore {r.restore_id}")
-            text.update("\n".join(lines))
-        self.query_one("#result-undo", Button).display = bool(r and r.safety_set_id)
+            text.update("\n".join(result_lines(r)))
+        self.query_one("#result-undo", Button).display = self._can_undo()
         self._show("result")
         self.query_one("#result-close", Button).focus()
 
@@ -391,16 +367,59 @@ class RestoreWizard(Screen[RestoreReport | None]):
     def _undo_pressed(self) -> None:
         self.action_undo()
 
+    def _can_undo(self) -> bool:
+        return self.report is not None and self.report.undo is not None and not self.running
+
     def action_undo(self) -> None:
-        if self.report is None or not self.report.safety_set_id:
+        if not self._can_undo():
             return
-        safety = self.report.safety_set_id
-        self.dismiss(self.report)
-        self.app.push_screen(RestoreWizard(self.cfg, safety))
+        assert self.report is not None
+        rid = self.report.restore_id
+
+        def decided(yes: bool | None) -> None:
+            if yes:
+                self.running = True
+                self.query_one("#result-undo", Button).display = False
+                self.query_one("#result-text", Static).update(f"Undoing {rid}…")
+                self.undo(rid)
+
+        self.app.push_screen(ConfirmScreen(
+            f"Undo restore {rid}?\n\nEverything it replaced is put back as it was just before "
+            "the restore; whatever changed since is set aside (dropped at the next run).",
+            yes="Undo the restore", no="Keep it", danger=True), decided)
+
+    @work(thread=True, exclusive=True, group="restore-undo", exit_on_error=False)
+    def undo(self, restore_id: str) -> None:
+        try:
+            result = undo_restore(self.cfg, restore_id, self.reporter, self.cancel)
+        except DcbError as e:
+            self.post_message(Undone(None, e))
+            return
+        except Exception as e:
+            self.post_message(Undone(None, DcbError(f"{type(e).__name__}: {e}")))
+            return
+        self.post_message(Undone(result, None))
+
+    @on(Undone)
+    def _undone(self, msg: Undone) -> None:
+        self.running = False
+        text = self.query_one("#result-text", Static)
+        if msg.result is None:
+            err = msg.error
+            text.update(f"[b red]✗ undo failed: {err.message if err else '?'}[/]"
+                        + (f"\n{err.hint}" if err and err.hint else ""))
+            self.query_one("#result-undo", Button).display = True
+            return
+        if self.report is not None:
+            self.report.undo = None
+        text.update("\n".join([f"[b green]✓ Restore {msg.result.restore_id} undone[/] in "
+                                f"{fmt.duration(msg.result.seconds)}", "",
+                                *[f"  {s}" for s in msg.result.steps]]))
+        self.app.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "undo":
-            return self.step == "result" and bool(self.report and self.report.safety_set_id)
+            return self.step == "result" and self._can_undo()
         return True
 
     def action_back(self) -> None:
@@ -425,8 +444,52 @@ class RestoreWizard(Screen[RestoreReport | None]):
                     "[yellow]cancel requested: stopping at the next safe point[/]")
 
         self.app.push_screen(ConfirmScreen(
-            "Cancel the restore?\n\nThe step in progress finishes first (a database is "
-            "swapped in only when complete, a volume being replaced may be partly written). "
-            "Stopped containers are started again, and the report says what state each "
-            "database and volume is in. The safety snapshot, if taken, undoes everything.",
+            "Cancel the restore?\n\nIt stops at the next safe point (a database is swapped in "
+            "only when complete, a volume being replaced may be partly written). Stopped "
+            "containers are started again, and the report says what state each database and "
+            "volume is in. The undo point, if kept, undoes everything.",
             yes="Cancel restore", no="Keep going", danger=True), decided)
+
+
+def checklist_lines(plan: RestorePlan, problems: list[str]) -> list[str]:
+    """What validation checked, and what it could not (said, never ticked)."""
+    lines = ["[green]✓[/] Docker reachable"]
+    for c in plan.checks:
+        label = c.detail if c.what == "checksums" else f"{c.what}: {c.detail}"
+        lines.append(("[green]✓[/] " if c.ok else "[yellow]![/] ") + label)
+    if plan.databases and (plan.starts_postgres or plan.stops_postgres):
+        lines.append("[yellow]![/] server version not checked: PostgreSQL is not running "
+                     "(pg_restore checks the dumps when it reads them)")
+    if problems:
+        lines += [f"[b red]✗ {p}[/]" for p in problems]
+        lines.append("\nNothing was changed. Escape goes back.")
+    else:
+        lines.append("[green]✓[/] free space and containers")
+    lines += [f"[yellow]![/] {n}" for n in plan.notes]
+    return lines
+
+
+def result_lines(r: RestoreReport) -> list[str]:
+    if r.ok:
+        head = "[b green]✓ Restore complete and verified[/]"
+    elif r.cancelled:
+        head = "[b yellow]Restore cancelled[/]"
+    else:
+        head = f"[b red]✗ Restore FAILED[/]: {r.error}"
+    lines = [head, f"took {fmt.duration(r.seconds)}", ""]
+    for what in sorted({*r.verification, *r.not_checked}):
+        parts = []
+        if what in r.verification:
+            diffs = r.verification[what]
+            how = ", ".join(r.checked.get(what) or [])
+            parts.append(f"[green]equal to the backup[/]{f' ({how})' if how else ''}"
+                         if not diffs else "[red]" + "; ".join(diffs[:5]) + "[/]")
+        if r.not_checked.get(what):
+            parts.append("[yellow]not checked: " + "; ".join(r.not_checked[what]) + "[/]")
+        lines.append(f"  {what}: " + "; ".join(parts))
+    lines += [f"  state: {s}" for s in r.state]
+    lines += [f"  [yellow]note:[/] {n}" for n in r.notes]
+    if r.undo:
+        lines.append(f"\nundo: [b]{r.undo}[/] (u or the Undo button)")
+    lines.append(f"incident log: dcb history --restore {r.restore_id}")
+    return lines
