@@ -53,7 +53,8 @@ exit codes:
 
 """
 
-LONG_COMMANDS = ("backup", "verify", "prune", "restore", "drill", "du", "demo", "replicate")
+LONG_COMMANDS = ("backup", "verify", "prune", "restore", "undo", "drill", "du", "demo",
+                 "replicate")
 """Commands that report progress: each takes -q/--quiet."""
 
 

@@ -88,11 +88,7 @@ def register(add: AddCommand) -> None:
             "it asks to type the restore id (or --yes without a terminal). What the restore "
             "had written is dropped at the next run. --release drops the undo point instead "
             "(the restore can no longer be undone); points are released automatically "
-            "[restore] keep_undo_hours after their restore verified.\n\n"
-            "examples:\n"
-            "  dcb undo                                      # list undo points\n"
-            "  dcb undo restore-20261126T031500Z             # undo that restore\n"
-            "  dcb undo --release restore-20261126T031500Z   # free the space it holds")
+            "[restore] keep_undo_hours after their restore verified.")
     p.add_argument("id", nargs="?", metavar="RESTORE_ID", help="the restore (see `dcb status`)")
     p.add_argument("--release", action="store_true",
                    help="drop the undo point: the restore can no longer be undone")
