@@ -597,10 +597,12 @@ class DatabaseStep(Step):
                 code = p.wait()
             meter.add(a.size_bytes)
         else:
-            stream = pg.psql_input(_chunks_of(run, a, meter))
-            if not pg.restricts:
-                run.events(LogLine(OLD_PSQL.format(container=run.target.postgres_container),
-                                   "warning"))
+            stream = _chunks_of(run, a, meter)
+            if cmd[0] == "psql":  # a plain dump: psql's meta-commands refused
+                stream = pg.psql_input(stream)
+                if not pg.restricts:
+                    run.events(LogLine(OLD_PSQL.format(
+                        container=run.target.postgres_container), "warning"))
             with pg.exec(cmd, stdin=True) as p:
                 code = p.feed(stream)
         if code != 0:

@@ -80,7 +80,8 @@ def test_the_store_is_readable_while_docker_is_down(one_set: tuple[Path, str]) -
         r = run_dcb(*argv, "--config", str(cfg), env=NOWHERE)
         assert r.code == 0, (argv, r.err)
     r = run_dcb("check", "--config", str(cfg), env=NOWHERE)
-    assert r.code in (0, 1), r.out + r.err
+    # The store's conditions are read; only what needs the engine (coverage) is UNKNOWN.
+    assert r.code in (0, 1, 3) and "backup_age_hours=" in r.out, r.out + r.err
 
 
 # -- the engine restarted mid-backup -------------------------------------------------------------
@@ -181,13 +182,19 @@ def test_engine_restarted_mid_backup(engine_stack: EngineStack, tmp_path: Path,
         if es.engine.proc is None:
             es.engine.start()
     es.wait_pg()
-    assert code not in (0, 5), run.err
-    line = error_line(run.err)
     assert took < 90, took
     sets = {s["id"]: s["status"]
             for s in json.loads(run_dcb("list", "--json", "--config", str(cfg), env=env).out)}
     assert sets[good] == "complete"
-    assert [k for k, v in sets.items() if v == "complete"] == [good], sets
+    if code == 0:
+        # The engine was back before dcb needed it again (the helper's tar had all been
+        # read): a whole set, deep-verified below with the others.
+        assert when == "back-before-dcb-notices", run.err
+        line = "nothing: the run completed (all read before the engine went)"
+    else:
+        assert code != 5, run.err
+        line = error_line(run.err)
+        assert [k for k, v in sets.items() if v == "complete"] == [good], sets
 
     if when == "down-while-dcb-runs":
         assert "Docker" in line, line
@@ -198,7 +205,7 @@ def test_engine_restarted_mid_backup(engine_stack: EngineStack, tmp_path: Path,
         ck = run_dcb("check", "--config", str(cfg), env=env)
         assert ck.code == 2 and es.app in ck.out, ck.out
     else:
-        # The engine was back: the run started the app itself before it failed.
+        # The engine was back: the run started the app itself (before it failed).
         assert es.state(es.app) == "running", run.err
         assert es.helpers() == []
 
@@ -212,4 +219,5 @@ def test_engine_restarted_mid_backup(engine_stack: EngineStack, tmp_path: Path,
     v = run_dcb("verify", "--all", "--deep", "--config", str(cfg), env=env)
     assert v.code == 0, v.out + v.err
     kit.figure("Docker engine restarted mid-backup",
-               f"{when}: failed in {took:.1f}s with: {line}; the next run recovered")
+               f"{when}: {'completed' if code == 0 else 'failed'} in {took:.1f}s with: "
+               f"{line}; the next run recovered")
