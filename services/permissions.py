@@ -14,13 +14,17 @@ SCAN_LIMIT = 2000
 
 
 def lax_modes(root: Path, shown: int = 3) -> str | None:
-    """One line naming what in ``root`` group or others may access, or None."""
+    """One line naming what in ``root`` group or others may read (files) or change
+    (directories), or None."""
     found: list[str] = []
     n_found = seen = 0
 
     def look(path: Path, st: os.stat_result) -> None:
         nonlocal n_found
-        if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+        # A file others may read, or a directory others may change: a directory that only
+        # lists names (0755, as Docker creates a bind mount's) exposes no data.
+        lax = 0o022 if stat.S_ISDIR(st.st_mode) else 0o077
+        if stat.S_ISLNK(st.st_mode) or not st.st_mode & lax:
             return
         n_found += 1
         if len(found) < shown:

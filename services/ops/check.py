@@ -17,7 +17,8 @@ Conditions, each a ``Finding``:
   ``size_factor`` either way: WARNING (needs 3 earlier runs).
 - ``replication``: a destination's lag above ``replication_lag_hours``: WARNING.
 - ``stopped``: a container dcb stopped and a killed run never started again: CRITICAL.
-- ``permissions``: the backup store open to other users (group or others): WARNING.
+- ``permissions``: the backup store open to other users (files others may read,
+  directories others may change): WARNING.
 - ``coverage``: a database or volume of the stack that no backup takes (services/coverage.py):
   WARNING; the Docker engine not answering: UNKNOWN. PostgreSQL down or missing is said but
   stays OK here: the backups it breaks show in ``rpo`` and ``failures``.

@@ -149,11 +149,11 @@ def test_kill_9_at_random_points_of_a_restore(stack: TestStack, tmp_path: Path,
         else:
             ((rid, log),) = new.items()
             report = log["report"]
-            if code == 0:
+            if code == 0 or report["finished"]:  # done, killed on its way out at most
                 finished += 1
                 landed["after it finished"] += 1
-                assert report["finished"] and not report.get("cancelled"), where
-                assert _state(stack) == restored, where
+                assert not report.get("cancelled"), where
+                assert _state(stack) == restored, where  # reported finished: it is
             else:
                 assert code == -signal.SIGKILL, (where, code, err.read_text())
                 assert report["finished"] is False, where
