@@ -133,7 +133,8 @@ def plan_text(plan: RestorePlan, blast: BlastRadius | None = None) -> str:
                                                        "left as they are"))
     lines.append("")
     for i, s in enumerate(plan.steps, 1):
-        lines.append(f"  {i:2}. {s.title}  (~{fmt.duration(s.estimate_seconds)})")
+        source = f", {s.estimate_source}" if s.estimate_source else ""
+        lines.append(f"  {i:2}. {s.title}  (~{fmt.duration(s.estimate_seconds)}{source})")
     lines.append(f"  estimated total {fmt.duration(plan.estimate_seconds)}")
     lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ import docker.errors
 import requests.exceptions
 
 from dcb import __version__
+from dcb.services import faults
 from dcb.services.artifacts import (
     EXTENSIONS,
     ArtifactWriter,
@@ -623,6 +624,8 @@ class BackupRun:
             with ArtifactWriter(set_dir / fname, write_compression,
                                 st.compression_level, self.recipients) as w:
                 damaged: CorruptArchive | None = None
+                if stopped:
+                    faults.hold("backup-app-stopped", self.cancel)
                 try:
                     try:
                         self._pump(proc, w, meter, also=check.feed)

@@ -1,10 +1,11 @@
-"""Hold points for fault tests (tests/test_restore_faults.py): deterministic places to deliver
-SIGINT or SIGKILL to a running restore.
+"""Hold points for fault tests (tests/test_restore_faults.py, test_backup_faults.py):
+deterministic places to deliver SIGINT or SIGKILL to a running restore or backup.
 
 With ``DCB_TEST_HOLD=<point>:<file>`` in the environment, a run reaching ``<point>`` creates
 ``<file>`` and waits while it exists (or until the run is cancelled). Without the variable a
 hold point costs one dictionary lookup. Points: ``validate``, ``undo-point``, ``volume``,
-``database``, ``swap``, ``verify``.
+``database``, ``swap``, ``verify``; in a backup, ``backup-app-stopped`` (a volume's users
+stopped, its archive started).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from dcb.services.progress import (
     locked,
     null_reporter,
 )
+from dcb.services.restore_estimate import Estimator, read_samples
 from dcb.services.restore_model import (
     BlastRadius,
     Check,
@@ -93,7 +94,6 @@ from dcb.services.volumes import (
     safe_subdir,
 )
 
-DEFAULT_RATE = 40 * 1024 * 1024  # bytes/s when no past restore says better
 UNDO_MODES = ("move", "safety", "none")
 
 __all__ = ["RESTORES_DIR", "BlastRadius", "Check", "DatabaseChange", "RestoreError",
@@ -479,19 +479,15 @@ class RestoreFlow:
         return ""
 
     # -- the plan's steps -----------------------------------------------------------------------
-    def _rate(self) -> float:
-        """Bytes/s of past restores, from the history; a default until one exists."""
-        rates = [h["raw_bytes"] / h["seconds"] for h in self.state.read_history()
-                 if h.get("kind") == "restore" and h.get("ok") and h.get("seconds")
-                 and h.get("raw_bytes")]
-        return sum(rates[-5:]) / len(rates[-5:]) if rates else DEFAULT_RATE
-
     def _steps(self, plan: RestorePlan) -> tuple[Step, ...]:
-        rate = self._rate()
+        """The plan's steps, each estimated from past restores (services/restore_estimate)."""
+        sizes = {f"{a.kind}:{a.name}": int(a.source.get("raw_bytes") or a.size_bytes * 3)
+                 for a in (*plan.databases, *plan.volumes)}
+        estimator = Estimator(read_samples(self.state.incident_dirs()))
+        return estimator.apply(self._plan_steps(plan, lambda a: 0.0), sizes)
 
-        def est(a: Artifact) -> float:
-            return float(a.source.get("raw_bytes", a.size_bytes * 3)) / rate
-
+    def _plan_steps(self, plan: RestorePlan, est: Callable[[Artifact], float]
+                    ) -> tuple[Step, ...]:
         t = self.target
         steps: list[Step] = []
         if plan.starts_postgres:

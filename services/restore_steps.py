@@ -116,6 +116,11 @@ class Step:
     """``main``, or ``volumes``: run in a second thread, concurrently with the main lane."""
     joins: bool = False
     """Wait for the ``volumes`` lane before running."""
+    estimate_source: str = ""
+    """Where the estimate comes from (services/restore_estimate.py), said beside it."""
+    bytes: int = 0
+    """What a database or volume step moves (the artifact's raw size): the incident log keeps
+    it so later plans scale this step's measured time."""
 
     changes_data: ClassVar[bool] = False
     """Once a step that changes data has started, a failure leaves something to undo."""
@@ -125,7 +130,8 @@ class Step:
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "title": self.title, "kind": type(self).__name__,
-                "estimate_seconds": round(self.estimate_seconds, 1), "lane": self.lane}
+                "estimate_seconds": round(self.estimate_seconds, 1),
+                "estimate_source": self.estimate_source, "bytes": self.bytes, "lane": self.lane}
 
 
 @dataclass(frozen=True)

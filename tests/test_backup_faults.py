@@ -274,9 +274,11 @@ def test_signal_while_app_stopped_restarts_it_promptly(restore_stack: TestStack,
     stack = restore_stack
     cfg = stack.write_config(tmp_path, storage={"volume_access": "helper"})
     root = tmp_path / "backups"
-    run = Run(tmp_path, "signalled", cfg)
+    held = tmp_path / "held"
+    run = Run(tmp_path, "signalled", cfg, env={"DCB_TEST_HOLD": f"backup-app-stopped:{held}"})
     try:
-        wait_until("a helper container", lambda: stack_helpers(stack), run)
+        wait_until("the app stopped for archiving", held.exists, run)
+        assert stack_helpers(stack)
         assert container_state(stack, stack.backend_container)["Status"] != "running"
         t0 = time.monotonic()
         run.proc.send_signal(sig)

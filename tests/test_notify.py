@@ -238,7 +238,9 @@ def test_failed_then_recovered_backup_job_notifies_and_pings(
     f = urls(tmp_path, http_sink, smtp_sink, free_port())
     monkeypatch.setenv("NIGHTLY_PING", f"http://127.0.0.1:{http_sink.port}/ping/{TOKEN}")
     automation = {"notify": {"urls_file": str(f), "host": "backup-host", "timeout": 3}}
-    good = stack.write_config(tmp_path, **automation)
+    # Every database, so that one left in the shared stack by another test is no coverage
+    # WARNING here (the check must go from critical to recovered).
+    good = stack.write_config(tmp_path, stack={"databases": "all"}, **automation)
     job = ('\n[schedule.nightly]\nrun = "backup"\ncron = "0 2 * * *"\n'
            'ping_url_env = "NIGHTLY_PING"\n')
     good.write_text(good.read_text() + job)

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Static
 
 import dcb.tui.screens.dashboard as dashboard
+import dcb.tui.screens.tasks as tasks
 from dcb.services import formatting as fmt
 from dcb.services.config import Config, load_config
 from dcb.services.lock import StoreLock
 from dcb.services.overview import store_overview
-from dcb.services.store import LOCKFILE
+from dcb.services.store import LOCKFILE, MANIFEST
 from dcb.tui.app import DcbApp
 from dcb.widgets.backups_table import BackupsTable
 from tests.conftest import run_dcb
@@ -114,3 +116,56 @@ async def test_console_shows_running_and_ages_move_on(running: tuple[Path, Confi
             assert str(table.get_cell(set_id, "age")) == "3 hours ago"
     finally:
         fmt.pin_now(None)
+
+
+async def test_a_running_sets_details_show_its_progress_and_offer_no_restore(
+        running: tuple[Path, Config, str], monkeypatch: Any):
+    root, cfg, set_id = running
+    monkeypatch.setattr(tasks, "RUNNING_POLL_SECONDS", 0.05)
+    app = DcbApp(cfg, FixedSources(cfg, overview=store_overview(cfg)))
+    async with app.run_test(size=(160, 40)) as pilot:
+        table = app.screen.query_one(BackupsTable)
+        for _ in range(500):
+            if table.row_count:
+                break
+            await pilot.pause(0.02)
+        assert table.selected_id() == set_id
+        # Restore and verify of a set still being written are not offered.
+        assert app.screen.check_action("restore", ()) is None
+        assert app.screen.check_action("verify", (False,)) is None
+        await pilot.press("r", "v")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, dashboard.DashboardScreen)
+        await pilot.press("enter")
+        for _ in range(100):
+            if isinstance(app.screen, tasks.SetDetailScreen):
+                break
+            await pilot.pause(0.02)
+        detail = app.screen
+        assert isinstance(detail, tasks.SetDetailScreen)
+
+        def head() -> str:
+            return str(detail.query_one("#set-head", Static).render())
+
+        text = head()
+        assert f"running: dcb backup, pid {os.getpid()}" in text, text
+        assert "since " in text and "1 artifact(s) done, writing db-dart_cloud.pgdump" in text
+        assert "5.6 KiB written so far" in text, text
+        # The dump grows: the detail follows it.
+        with (root / set_id / ".db-dart_cloud.pgdump.tmp").open("ab") as f:
+            f.write(b"d" * 3 * 1024 * 1024)
+        for _ in range(200):
+            if "3.0 MiB written so far" in head():
+                break
+            await pilot.pause(0.05)
+        assert "3.0 MiB written so far" in head(), head()
+        # The run ends (here: it records a failure): the detail shows the set as it is now.
+        (root / set_id / MANIFEST).write_text(json.dumps(
+            {"id": set_id, "status": "failed", "created_at": datetime.now(UTC).isoformat(),
+             "artifacts": [], "error": "pg_dump was killed"}))
+        for _ in range(200):
+            if "running" not in head():
+                break
+            await pilot.pause(0.05)
+        text = head()
+        assert "failed" in text and "pg_dump was killed" in text and "running" not in text

@@ -164,6 +164,10 @@ async def test_restore_wizard_end_to_end(stack: TestStack, tmp_path: Path):
             f"dcb undo {wizard.report.restore_id}"
         assert stack.table_digest("dart_cloud") == before
         release_undo_points(stack)  # the restore kept the damaged database: not needed here
+        close = wizard.query_one("#result-close", Button)
+        # Clicked only once laid out: a click before lands at (0, 0), on the header's icon.
+        await wait_for(pilot, lambda: close.region.area > 0 and close.has_focus,
+                       what="the Close button laid out and focused")
         await pilot.click("#result-close")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen),
                        what=f"dashboard (on {app.screen!r}, focus {app.focused!r})")

@@ -11,6 +11,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
@@ -295,12 +296,35 @@ class DashboardScreen(Screen[None]):
             return
         from dcb.tui.screens.tasks import SetDetailScreen
 
-        self.app.push_screen(SetDetailScreen(row.set))
+        self.app.push_screen(SetDetailScreen(row.set, row.running, self.cfg))
+
+    def _being_written(self) -> bool:
+        """The selected set is being written now: nothing to restore, verify or copy yet."""
+        row = self.query_one(BackupsTable).selected_row()
+        if row is None or row.running is None:
+            return False
+        self.notify(f"{row.set.id} is being written ({row.running.holder.describe()}): "
+                    "wait until it completes; Enter shows its progress", severity="warning")
+        return True
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("restore", "verify", "replicate"):
+            with contextlib.suppress(NoMatches):
+                row = self.query_one(BackupsTable).selected_row()
+                if row is not None and row.running is not None:
+                    return None  # shown disabled: the set is not complete
+        return True
+
+    @on(DataTable.RowHighlighted, "#backups")
+    def _row_highlighted(self) -> None:
+        self.refresh_bindings()
 
     def action_restore(self) -> None:
         sid = self._selected()
         if sid is None:
             self.notify("select a backup set to restore", severity="warning")
+            return
+        if self._being_written():
             return
         self._app.start_restore(sid)
 
@@ -309,11 +333,15 @@ class DashboardScreen(Screen[None]):
         if sid is None:
             self.notify("select a backup set to verify", severity="warning")
             return
+        if self._being_written():
+            return
         self._app.start_verify(sid, deep)
 
     def action_replicate(self) -> None:
         sid = self._selected()
         if sid is None:
             self.notify("select a backup set to replicate", severity="warning")
+            return
+        if self._being_written():
             return
         self._app.start_replicate(sid)

@@ -7,6 +7,11 @@ confirmation step (the service itself refuses without that token). Escape goes b
 before execution; during execution leaving needs an explicit cancel that says what state things
 will be left in. The result step undoes the restore (``u``) through the same service as
 ``dcb undo``.
+
+It flows by keyboard: Enter (or ``n``) is the current step's primary action and ``b``/Escape
+goes back, wherever the focus is. Enter is a priority binding so a focused checkbox, switch or
+scroll area cannot swallow it (space still toggles); a focused button or input keeps Enter for
+itself, and on the confirmation step Enter runs the restore only when the typed id matches.
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ STEPS = ("scope", "checks", "confirm", "run", "result")
 
 class Prepared(Message):
     def __init__(self, plan: RestorePlan | None, without_undo: RestorePlan | None,
-                 problems: list[str], blast: BlastRadius | None, error: DcbError | None
-                 ) -> None:
+                 problems: list[str], blast: BlastRadius | None, error: DcbError | None,
+                 cancel: threading.Event | None = None) -> None:
         super().__init__()
+        self.cancel = cancel
+        """The run's cancel event: tells a current run from one the user left."""
         self.plan = plan
         self.without_undo = without_undo
         """The same plan with ``--no-safety-backup`` (the switch on the confirm step)."""
@@ -80,8 +87,13 @@ class Executed(Message):
 
 
 class RestoreWizard(Screen[RestoreReport | None]):
+    AUTO_FOCUS = "#scope-next"
     BINDINGS = [
-        Binding("escape", "back", "Back", id="back"),
+        Binding("enter", "next(True)", "Next", key_display="enter/n", priority=True,
+                id="next"),
+        Binding("n", "next", "Next", show=False),
+        Binding("escape", "back", "Back", key_display="esc/b", id="back"),
+        Binding("b", "back", "Back", show=False),
         Binding("u", "undo", "Undo restore", id="undo"),
     ]
 
@@ -157,6 +169,7 @@ class RestoreWizard(Screen[RestoreReport | None]):
                                      value=True, id=f"pick-{a.kind}-{a.name}",
                                      name=f"{a.kind}:{a.name}"))
         self._show("scope")
+        self.query_one("#scope-next", Button).focus()
 
     def _show(self, step: str) -> None:
         self.step = step
@@ -186,8 +199,14 @@ class RestoreWizard(Screen[RestoreReport | None]):
             self.notify("choose at least one database or volume", severity="warning")
             return
         self._show("checks")
+        self.plan = None
+        self.plans = {}
         self.query_one("#checks-next", Button).disabled = True
-        self.query_one("#checklist", Static).update("Checking the set and the stack…")
+        checklist = self.query_one("#checklist", Static)
+        checklist.update("Checking the set and the stack…")
+        checklist.remove_class("failed")
+        # Nothing to press until the checks end: Enter says so instead of pressing Back.
+        self.set_focus(None)
         self.prepare(req)
 
     @on(Button.Pressed, "#scope-cancel")
@@ -200,20 +219,21 @@ class RestoreWizard(Screen[RestoreReport | None]):
 
     @work(thread=True, exclusive=True, group="restore-prepare", exit_on_error=False)
     def prepare(self, req: RestoreRequest) -> None:
-        flow = RestoreFlow(self.cfg, self.reporter, self.cancel)
+        cancel = self.cancel
+        flow = RestoreFlow(self.cfg, self.reporter, cancel)
         try:
             plan = flow.prepare(req)
             problems = flow.preflight(plan)
             blast = flow.blast_radius(plan)
             without = flow.replan(plan, safety_backup=False)
         except DcbError as e:
-            self.post_message(Prepared(None, None, [], None, e))
+            self.post_message(Prepared(None, None, [], None, e, cancel))
             return
         except Exception as e:
             self.post_message(Prepared(None, None, [], None,
-                                       DcbError(f"{type(e).__name__}: {e}")))
+                                       DcbError(f"{type(e).__name__}: {e}"), cancel))
             return
-        self.post_message(Prepared(plan, without, problems, blast, None))
+        self.post_message(Prepared(plan, without, problems, blast, None, cancel))
 
     @on(ServiceEvent)
     def _service_event(self, msg: ServiceEvent) -> None:
@@ -225,6 +245,8 @@ class RestoreWizard(Screen[RestoreReport | None]):
 
     @on(Prepared)
     def _prepared(self, msg: Prepared) -> None:
+        if msg.cancel is not self.cancel or self.step != "checks":
+            return  # a check run the user walked away from (b/Escape)
         checklist = self.query_one("#checklist", Static)
         if msg.error is not None or msg.plan is None:
             err = msg.error.message if msg.error else "unknown error"
@@ -232,6 +254,7 @@ class RestoreWizard(Screen[RestoreReport | None]):
                              + (msg.error.hint if msg.error and msg.error.hint else "")
                              + "\n\nNothing was changed. Escape goes back.")
             checklist.add_class("failed")
+            self.query_one("#checks-back", Button).focus()
             return
         plan = msg.plan
         self.plan = plan
@@ -239,8 +262,7 @@ class RestoreWizard(Screen[RestoreReport | None]):
         self.blast = msg.blast
         checklist.update("\n".join(checklist_lines(plan, msg.problems)))
         self.query_one("#checks-next", Button).disabled = bool(msg.problems)
-        if not msg.problems:
-            self.query_one("#checks-next", Button).focus()
+        self.query_one("#checks-back" if msg.problems else "#checks-next", Button).focus()
 
     @on(Button.Pressed, "#checks-back")
     def _checks_back(self) -> None:
@@ -265,7 +287,8 @@ class RestoreWizard(Screen[RestoreReport | None]):
     def _render_plan(self) -> None:
         plan = self.plan
         assert plan is not None
-        steps = "\n".join(f"  {i:2}. {s.title}  [dim](~{fmt.duration(s.estimate_seconds)})[/]"
+        steps = "\n".join(f"  {i:2}. {s.title}  [dim](~{fmt.duration(s.estimate_seconds)}"
+                          f"{', ' + s.estimate_source if s.estimate_source else ''})[/]"
                           for i, s in enumerate(plan.steps, 1))
         self.query_one("#plan-text", Static).update(
             f"[b]Plan[/] (estimated {fmt.duration(plan.estimate_seconds)})\n{steps}")
@@ -291,8 +314,21 @@ class RestoreWizard(Screen[RestoreReport | None]):
 
     @on(Input.Submitted, "#confirm-input")
     def _typed_enter(self) -> None:
+        self._confirm_next()
+
+    def _confirm_next(self) -> None:
+        """Enter on the confirmation step: run only when the typed id matches."""
         if not self.query_one("#confirm-go", Button).disabled:
             self._go()
+            return
+        plan = self.plan
+        field = self.query_one("#confirm-input", Input)
+        if plan is not None:
+            typed = field.value.strip()
+            self.notify(f"type {plan.confirm_token} to confirm" if not typed else
+                        f"{typed!r} is not the set id {plan.confirm_token}: nothing was done",
+                        severity="warning")
+        field.focus()
 
     @on(Button.Pressed, "#confirm-back")
     def _confirm_back(self) -> None:
@@ -420,7 +456,38 @@ class RestoreWizard(Screen[RestoreReport | None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "undo":
             return self.step == "result" and self._can_undo()
+        if action == "next":
+            if self.step == "run":
+                return False
+            if self.step == "checks" and self.query_one("#checks-next", Button).disabled:
+                return None
         return True
+
+    async def action_next(self, enter: bool = False) -> None:
+        """The current step's primary action (Enter or ``n``), wherever the focus is. A
+        focused button or input keeps Enter: the button is pressed, the input submits (the
+        confirmation field's submit advances only when the typed id matches)."""
+        focused = self.focused
+        if enter and isinstance(focused, Button) and not focused.disabled:
+            focused.press()
+            return
+        if enter and isinstance(focused, Input):
+            await focused.action_submit()
+            return
+        if self.step == "scope":
+            self._scope_next()
+        elif self.step == "checks":
+            if self.query_one("#checks-next", Button).disabled:
+                done = self.plan is not None or \
+                    self.query_one("#checklist", Static).has_class("failed")
+                self.notify("the checks found problems: b or Escape goes back" if done
+                            else "the checks are still running", severity="warning")
+                return
+            self._checks_next()
+        elif self.step == "confirm":
+            self._confirm_next()
+        elif self.step == "result":
+            self._close()
 
     def action_back(self) -> None:
         if self.step == "scope":
@@ -429,8 +496,10 @@ class RestoreWizard(Screen[RestoreReport | None]):
             self.cancel.set()
             self.cancel = threading.Event()
             self._show("scope")
+            self.query_one("#scope-next", Button).focus()
         elif self.step == "confirm":
             self._show("checks")
+            self.query_one("#checks-next", Button).focus()
         elif self.step == "run" and self.running:
             self._ask_cancel()
         else:

@@ -25,7 +25,9 @@ from dcb.services.progress import Event
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview
 from dcb.services.replicate import ReplicationResult, replicate, replicate_after_backup
 from dcb.services.retention import REASON_REMOVE, Decision, items_of
-from dcb.services.store import BackupSet, BackupStore
+from dcb.services.running import RunningSet, running_sets
+from dcb.services.state import state_for
+from dcb.services.store import BackupSet, BackupStore, read_manifest
 from dcb.services.verify import SetCheck, verified_now, verify_set
 from dcb.tui.messages import ServiceEvent
 from dcb.tui.screens.common import ConfirmScreen
@@ -428,38 +430,107 @@ class PruneScreen(Screen[bool]):
         self.dismiss(True)
 
 
-class SetDetailScreen(Screen[None]):
-    BINDINGS = [Binding("escape,q", "dismiss", "Back")]
+RUNNING_POLL_SECONDS = 1.0
+"""How often the detail of a set being written re-reads its progress."""
 
-    def __init__(self, s: BackupSet) -> None:
+
+class RunningPolled(Message):
+    def __init__(self, running: RunningSet | None, s: BackupSet | None) -> None:
         super().__init__()
+        self.running = running
         self.set = s
 
+
+class SetDetailScreen(Screen[None]):
+    """One set's artifacts and row counts; for a set being written (``running``), who writes
+    it, since when and how far it is, re-read every second until the run ends (no restore
+    or verify is offered from here: the set is not complete)."""
+
+    BINDINGS = [Binding("escape,q", "dismiss", "Back")]
+
+    def __init__(self, s: BackupSet, running: RunningSet | None = None,
+                 cfg: Config | None = None) -> None:
+        super().__init__()
+        self.set = s
+        self.running = running
+        self.cfg = cfg
+
     def compose(self) -> ComposeResult:
-        s = self.set
         yield Header()
-        head = [f"[b]{s.id}[/]  {s.status}  created {s.created_at:%Y-%m-%d %H:%M:%S} UTC "
-                f"({fmt.age(s.created_at)})  {fmt.size(s.size_bytes)}"]
-        if s.duration_seconds is not None:
-            head.append(f"took {fmt.duration(s.duration_seconds)}")
-        if s.error:
-            head.append(f"[red]error: {s.error}[/]")
-        yield Static("  ".join(head), id="set-head")
+        yield Static("", id="set-head")
         yield DataTable(id="artifacts", cursor_type="row", zebra_stripes=True)
         yield DataTable(id="rows", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
+        self._show_set()
+        self.query_one("#artifacts", DataTable).focus()
+        if self.running is not None and self.cfg is not None:
+            self.set_timer(RUNNING_POLL_SECONDS, self._poll)
+
+    def _show_set(self) -> None:
+        s = self.set
+        run = self.running
+        if run is not None:
+            since = run.since or s.created_at
+            head = [f"[b]{s.id}[/]  [b blue]running[/]: {escape(run.holder.describe())}",
+                    f"since {since:%Y-%m-%d %H:%M:%S} UTC ({fmt.age(since)})",
+                    f"{fmt.size(run.bytes_written)} written so far, "
+                    f"{len(run.done)} artifact(s) done"
+                    + (f", writing {escape(', '.join(run.writing))}" if run.writing else ""),
+                    "[dim]restore and verify are offered once the backup completes[/]"]
+            self.query_one("#set-head", Static).update("\n".join(head))
+        else:
+            line = [f"[b]{s.id}[/]  {s.status}  created {s.created_at:%Y-%m-%d %H:%M:%S} UTC "
+                    f"({fmt.age(s.created_at)})  {fmt.size(s.size_bytes)}"]
+            if s.duration_seconds is not None:
+                line.append(f"took {fmt.duration(s.duration_seconds)}")
+            if s.error:
+                line.append(f"[red]error: {escape(s.error)}[/]")
+            self.query_one("#set-head", Static).update("  ".join(line))
         t = self.query_one("#artifacts", DataTable)
+        t.clear(columns=True)
+        r = self.query_one("#rows", DataTable)
+        r.clear(columns=True)
+        if run is not None:
+            t.border_title = "Files so far"
+            t.add_columns("File", "State")
+            for name in run.done:
+                t.add_row(name, "done")
+            for name in run.writing:
+                t.add_row(name, "writing")
+            r.display = False
+            return
+        r.display = True
         t.border_title = "Artifacts"
         t.add_columns("Kind", "Name", "File", "Size", "Took", "SHA-256")
         for a in self.set.artifacts:
             t.add_row(a.kind, a.name, a.file, fmt.size(a.size_bytes),
                       fmt.duration(a.source.get("seconds")), (a.sha256 or "-")[:24])
-        r = self.query_one("#rows", DataTable)
         r.border_title = "Rows at dump time"
         r.add_columns("Database", "Table", "Rows")
         for a in self.set.artifacts:
             for table, n in (a.source.get("row_counts") or {}).items():
                 r.add_row(a.name, table, f"{n:,}")
-        t.focus()
+
+    @work(thread=True, exclusive=True, group="set-detail-poll", exit_on_error=False)
+    def _poll(self) -> None:
+        cfg = self.cfg
+        assert cfg is not None
+        s: BackupSet | None = self.set
+        run = running_sets(state_for(cfg).root, [self.set]).get(self.set.id)
+        if run is None:  # the run ended: its manifest says how, if it wrote one
+            try:
+                s = read_manifest(self.set.path)
+            except (DcbError, OSError):
+                s = None
+        self.post_message(RunningPolled(run, s))
+
+    @on(RunningPolled)
+    def _polled(self, msg: RunningPolled) -> None:
+        self.running = msg.running
+        if msg.set is not None:
+            self.set = msg.set
+        self._show_set()
+        if self.running is not None:  # re-armed after each poll: polls never overlap
+            self.set_timer(RUNNING_POLL_SECONDS, self._poll)
