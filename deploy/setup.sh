@@ -25,7 +25,7 @@ command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
 command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
 if [ $want_test = 1 ]; then
     pkgs+=(busybox-static tmux zsh fish openssh-server \
-           postgresql-client e2fsprogs util-linux procps acl libcap2-bin)
+           postgresql-client e2fsprogs util-linux procps acl libcap2-bin faketime)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -42,6 +42,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def private_dirs(path: Path) -> None:
+    """``mkdir -p`` where every directory created is 0700: ``Path.mkdir(parents=True)``
+    gives the parents the umask's mode (0755 under the usual 022), and dcb's directories hold
+    backups, history and logs nobody else should read."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write a small file atomically: temp, fsync, rename, fsync dir."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -122,7 +138,9 @@ class ArtifactWriter:
                 raise
         self._sink: BinaryIO
         if compression == "zstd":
-            cctx = zstandard.ZstdCompressor(level=level, threads=-1)
+            # The frame's checksum (XXH64 of the content) lets a deep verify catch damage
+            # done before the file was hashed, at a cost lost in the noise.
+            cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
             self._sink = cctx.stream_writer(stored, closefd=False)
         elif compression == "gzip":
             self._sink = gzip.GzipFile(fileobj=stored, mode="wb",  # type: ignore[assignment]

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import docker.errors
+import requests.exceptions
+
 from dcb import __version__
 from dcb.services import faults
-from dcb.services.artifacts import EXTENSIONS, ArtifactWriter, StorageError, atomic_write_bytes
+from dcb.services.artifacts import (
+    EXTENSIONS,
+    ArtifactWriter,
+    StorageError,
+    atomic_write_bytes,
+    private_dirs,
+)
 from dcb.services.config import Config
 from dcb.services.coverage import (
     resolve_databases,
@@ -36,7 +46,13 @@ from dcb.services.coverage import (
 )
 from dcb.services.disk import disk_usage
 from dcb.services.docker_exec import StepGuard, remove_stale_helpers, store_tag
-from dcb.services.docker_gateway import ContainerInfo, DockerGateway
+from dcb.services.docker_gateway import (
+    ContainerInfo,
+    DockerGateway,
+    describe_docker_host,
+    explain_api_error,
+    short_reason,
+)
 from dcb.services.encryption import age_tool
 from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.lock import StoreLock
@@ -60,7 +76,7 @@ from dcb.services.progress import (
     null_reporter,
 )
 from dcb.services.safe_tar import CorruptArchive, StreamValidator, UnsafeArchive
-from dcb.services.state import state_for
+from dcb.services.state import sane_history_entry, state_for
 from dcb.services.stopped import StoppedLedger
 from dcb.services.store import (
     DIR_MODE,
@@ -70,6 +86,7 @@ from dcb.services.store import (
     Artifact,
     BackupSet,
     BackupStore,
+    manifest_bytes,
     new_set_id,
     read_manifest,
 )
@@ -152,14 +169,16 @@ def read_history(root: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         with contextlib.suppress(ValueError):
-            out.append(json.loads(line))
+            entry = json.loads(line)
+            if sane_history_entry(entry):  # a torn or foreign line is skipped, never fatal
+                out.append(entry)
     return out
 
 
 def ensure_store_dir(root: Path) -> None:
     """Create the backup dir (0700) and prove it is writable before anything else happens."""
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        private_dirs(root)
         probe = root / f".write-test-{os.getpid()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
@@ -287,7 +306,7 @@ class BackupRun:
                if self.recipients else {}),
             "artifacts": [a.to_json() for a in artifacts],
         }
-        atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+        atomic_write_bytes(set_dir / MANIFEST, manifest_bytes(manifest))
         result = read_manifest(set_dir)
         self.state.append_history({
             "kind": "backup", "id": set_id, "status": "complete",
@@ -576,8 +595,11 @@ class BackupRun:
             if is_pg_data:
                 # Never a raw copy of a live data directory: an online physical backup.
                 in_container = st.compression == "zstd" and major_version(plan.server_version) >= 15
-                proc: TarSource = pg.basebackup(
+                base = pg.basebackup(
                     zstd_level=st.compression_level if in_container else None)
+                if base.warning:
+                    self.report(LogLine(f"volume {volume}: {base.warning}", "warning"))
+                proc: TarSource = base
                 if in_container:
                     write_compression = "none"  # the stream arrives compressed already
                 source["method"] = "pg_basebackup"
@@ -642,10 +664,10 @@ class BackupRun:
                                     "sparse files were not kept (set [storage] helper_image)",
                                     "warning"))
         finally:
-            for name in stopped:
-                self._start_container(gw, name)
-            if stopped:
-                self._clear_stopped(stopped)
+            # When the archive failed (the engine went away, say), its error is the one to
+            # report: a container that cannot be started now is said and stays in the
+            # ledger, for `dcb status`, `dcb check` and the next run.
+            self._start_again(gw, stopped, failing=sys.exc_info()[0] is not None)
         self.report(StageFinished(stage, written.size_bytes, meter.seconds,
                                   detail=f"{entries} entries checked"))
         raw = written.raw_bytes
@@ -668,11 +690,7 @@ class BackupRun:
             try:
                 gw.client.containers.get(c.name).stop(timeout=STOP_TIMEOUT)
             except Exception as e:
-                self._start_container(gw, c.name)
-                self._clear_stopped([c.name])
-                for name in stopped:
-                    self._start_container(gw, name)
-                self._clear_stopped(stopped)
+                self._start_again(gw, [*stopped, c.name], failing=True)
                 raise DcbError(f"could not stop {c.name}: {e}") from None
             stopped.append(c.name)
         return stopped
@@ -684,14 +702,34 @@ class BackupRun:
             self.report(LogLine(writer_warning(volume, writers), "warning"))
         return writers
 
-    def _start_container(self, gw: DockerGateway, name: str) -> None:
+    def _start_container(self, gw: DockerGateway, name: str) -> str | None:
+        """Start ``name`` again; None, or why it could not be (reported as an error)."""
         try:
             gw.client.containers.get(name).start()
-            self.report(LogLine(f"started {name} again"))
+        except docker.errors.APIError as e:
+            why = explain_api_error(e)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            why = f"Docker engine unreachable at {describe_docker_host()}: {short_reason(e)}"
         except Exception as e:
-            self.report(LogLine(f"could not start {name} again: {e}", "error"))
-            raise DcbError(f"could not start {name} again: {e}",
-                           hint=f"docker start {name}") from None
+            why = str(e) or type(e).__name__
+        else:
+            self.report(LogLine(f"started {name} again"))
+            return None
+        self.report(LogLine(f"could not start {name} again: {why}", "error"))
+        return why
+
+    def _start_again(self, gw: DockerGateway, names: list[str], failing: bool) -> None:
+        """Start what this run stopped; the ones that started leave the ledger. Unless the
+        run is failing already, one that cannot be started fails it."""
+        failed = {n: why for n in names if (why := self._start_container(gw, n))}
+        started = [n for n in names if n not in failed]
+        if started:
+            self._clear_stopped(started)
+        if failed and not failing:
+            why = next(iter(failed.values()))
+            raise DcbError(f"could not start {', '.join(failed)} again: {why}",
+                           hint=f"docker start {' '.join(failed)} (or the next dcb backup "
+                                "starts it)")
 
     def _mark_stopped(self, name: str) -> None:
         self.ledger.mark(name, "backup")
@@ -718,7 +756,7 @@ class BackupRun:
             "artifacts": [],
         }
         with contextlib.suppress(DcbError):
-            atomic_write_bytes(set_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+            atomic_write_bytes(set_dir / MANIFEST, manifest_bytes(manifest))
         with contextlib.suppress(OSError, DcbError):
             self.state.append_history({
                 "kind": "backup", "id": set_id, "status": "failed",

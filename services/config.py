@@ -225,7 +225,8 @@ class DestinationConfig:
     fetch_command: tuple[str, ...] = ()
     delete_command: tuple[str, ...] = ()
     timeout: float = 3600.0
-    """command/rsync: seconds before the process group is killed."""
+    """command/rsync: seconds before the process group is killed; s3: seconds one request
+    waits for an answer (at most 60) before it is retried."""
     keep_last: int = -1
     keep_daily: int = -1
     keep_weekly: int = -1

@@ -163,8 +163,9 @@ def volume_tar_error(volume: str, code: int, stderr: str,
     changed = next((line.strip() for line in stderr.splitlines()
                     if any(m in line for m in CHANGED_WHILE_READ)), None)
     if changed is None:
-        return DcbError(f"archiving volume {volume} failed (exit {code}): "
-                        f"{first_error(stderr)}")
+        why = first_error(stderr) or ("no error output: the process was killed (an engine "
+                                      "restart, an out-of-memory kill, someone's docker kill)")
+        return DcbError(f"archiving volume {volume} failed (exit {code}): {why}")
     names = ", ".join(writers)
     if names:
         return DcbError(f"archiving volume {volume} failed: {names} wrote to it while it was "

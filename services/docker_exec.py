@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -363,8 +363,15 @@ class ExecProcess:
         self.close()
 
 
+READER_CAPS = ("DAC_READ_SEARCH",)
+"""What a helper that only reads a volume keeps of root's capabilities: reading every file
+whatever its owner and mode (tar of a PostgreSQL data dir owned by uid 999, mode 0700)."""
+
+
 class HelperProcess:
-    """A throwaway container (``--network none``, no logs kept) whose stdout streams to us.
+    """A throwaway container whose stdout streams to us, as confined as its work allows:
+    ``--network none``, every capability dropped but ``caps``, ``no-new-privileges`` (a setuid
+    binary in the image gains nothing), a read-only root filesystem, no logs kept.
 
     Docker's default json-file log driver would store everything it prints (shared/
     PERFORMANCE.md), so the log driver is ``none`` and output is read by attaching.
@@ -372,7 +379,7 @@ class HelperProcess:
 
     def __init__(self, gw: DockerGateway, image: str, cmd: list[str], *,
                  volumes: dict[str, Mapping[str, str]] | None = None, user: str = "0:0",
-                 owner: str = "1") -> None:
+                 owner: str = "1", caps: Sequence[str] = READER_CAPS) -> None:
         self.gw = gw
         api = gw.client.api
         self.name = f"dcb-helper-{uuid.uuid4().hex[:10]}"
@@ -381,7 +388,9 @@ class HelperProcess:
         try:
             host_config = api.create_host_config(
                 binds=volumes or {}, network_mode="none",
-                log_config=LogConfig(type="none"), auto_remove=False)
+                log_config=LogConfig(type="none"), auto_remove=False,
+                cap_drop=["ALL"], cap_add=list(caps), security_opt=["no-new-privileges"],
+                read_only=True)
             created = api.create_container(
                 image, cmd, name=self.name, user=user, entrypoint=[],
                 host_config=host_config, labels={HELPER_LABEL: owner},

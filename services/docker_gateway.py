@@ -66,6 +66,20 @@ class VolumeInfo:
     mountpoint: str
     size_bytes: int | None
     """From ``docker system df`` (may be None when the engine did not compute it)."""
+    mount: str = ""
+    """What Docker mounts on the mountpoint while a container uses the volume (``tmpfs``,
+    ``nfs``, a plugin's driver), "" for a plain directory. Such a mountpoint is, between
+    uses, an empty directory of the host: never read or written there."""
+
+
+def _mounted_by_docker(attrs: dict[str, Any]) -> str:
+    driver = attrs.get("Driver") or "local"
+    opts = attrs.get("Options") or {}
+    if driver != "local":
+        return f"driver {driver}"
+    if opts.get("type") or opts.get("device"):
+        return f"type={opts.get('type') or 'bind'}"
+    return ""
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -145,6 +159,7 @@ class DockerGateway:
             driver=attrs.get("Driver", "local"),
             mountpoint=attrs.get("Mountpoint", ""),
             size_bytes=None,
+            mount=_mounted_by_docker(attrs),
         )
 
     def disk_usage(self, attempts: int = 10) -> dict[str, Any] | None:
@@ -313,3 +328,9 @@ def _explain(e: docker.errors.APIError) -> str:
 
 def _as_unavailable(e: BaseException) -> DcbError:
     return DockerUnavailable(f"Docker engine error at {describe_docker_host()}: {_short(e)}")
+
+
+short_reason = _short
+"""The innermost reason of a Docker client error ("Connection refused"...)."""
+explain_api_error = _explain
+"""The engine's own reason for a refused request."""

@@ -37,6 +37,10 @@ DRILL_LABEL = "dcb.drill"
 SETTINGS_SQL = ("SELECT name || '=' || setting FROM pg_settings "
                 "WHERE source = 'command line' ORDER BY 1")
 SECRET_ENV = ("POSTGRES_PASSWORD", "PGPASSWORD")
+SANDBOX_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID")
+"""All the sandbox's PostgreSQL keeps of root's capabilities: what the image's entrypoint
+needs to own its data dir and drop to the postgres user (gosu). A restored set is data from
+a destination another party may control: the sandbox runs it with no network, nothing else."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ def run_drill(cfg: Config, set_id: str | None = None, reporter: Reporter = null_
             name=pg_name, labels=labels, volumes=[mount],
             host_config=gw.client.api.create_host_config(
                 binds={pg_volume: {"bind": mount, "mode": "rw"}}, network_mode="none",
-                shm_size=clone.pop("shm_size"), port_bindings={}),
+                shm_size=clone.pop("shm_size"), port_bindings={},
+                cap_drop=["ALL"], cap_add=list(SANDBOX_CAPS),
+                security_opt=["no-new-privileges"]),
             network_disabled=True, **clone)
         created_containers.append(pg_name)
         reporter(LogLine(f"sandbox {prefix}: {pg_name} cloned from {live.name} "

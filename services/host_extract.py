@@ -34,6 +34,9 @@ from dcb.services.encryption import is_encrypted, open_decrypted_from
 from dcb.services.errors import Cancelled, DcbError
 from dcb.services.progress import ByteMeter
 
+FULL_BELOW = 1 << 20
+"""Free bytes under which a failed extraction is said to have filled the disk."""
+
 
 class HostExtractError(DcbError):
     pass
@@ -154,8 +157,14 @@ def extract_validated(path: Path, compression: str, dest: Path, *, sha256: str |
         proc.stderr.close()
     if code != 0:
         text = bytes(err).decode("utf-8", "replace").strip().splitlines()
-        raise HostExtractError(f"tar could not extract into {dest}: "
-                               f"{text[-1] if text else f'exit {code}'}")
+        # The first error says why ("No space left on device"); tar's last line only that
+        # there were errors.
+        why = next((line for line in text if "Exiting with failure status" not in line),
+                   text[-1] if text else f"exit {code}")
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(dest).free < FULL_BELOW:
+                why = f"no space left on its filesystem ({why})"  # tar: "Wrote only ..."
+        raise HostExtractError(f"tar could not extract into {dest}: {why}")
     if sha256 is not None and hashed.sha.hexdigest() != sha256:
         raise HostExtractError(f"{path.name} changed after it was validated (checksum "
                                "mismatch): the volume is only partly restored",

@@ -65,6 +65,8 @@ class PgGateway:
         self._env = {"PGPASSWORD": password} if password else {}
         self._major: int | None = None
         self.guard: StepGuard | None = None
+        self.restricts: bool | None = None
+        """Whether this container's psql has ``\\restrict`` (services/psql_guard.py)."""
 
     def with_guard(self, guard: StepGuard) -> PgGateway:
         """The same gateway, every process it starts watched by ``guard`` (a step's time
@@ -207,9 +209,18 @@ class PgGateway:
         errors fatal)."""
         with self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", db,
                         "-o", "/dev/null", "--no-password"], stdin=True) as p:
-            code = p.feed(iter([sql.encode()]))
+            code = p.feed(self.psql_input(iter([sql.encode()])))
             if code != 0:
                 raise DcbError(f"{what} failed: {first_error(p.stderr_text) or f'exit {code}'}")
+
+    def psql_input(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """SQL for psql's stdin with psql's meta-commands refused when this psql can
+        (services/psql_guard.py): part of it may come from a dump someone else wrote."""
+        from dcb.services.psql_guard import psql_restricts, restricted
+
+        if self.restricts is None:
+            self.restricts = psql_restricts(self)
+        return restricted(chunks) if self.restricts else chunks
 
     def terminate_connections(self, db: str) -> None:
         self.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -279,18 +290,24 @@ class PgGateway:
     def dump_globals(self) -> ExecProcess:
         return self.exec(["pg_dumpall", "-U", self.user, "--globals-only", "--no-password"])
 
-    def basebackup(self, zstd_level: int | None = None) -> ExecProcess:
+    def basebackup(self, zstd_level: int | None = None) -> BaseBackup:
         """An online physical backup of the whole cluster as one tar stream (WAL included).
 
         With ``zstd_level`` (PostgreSQL 15+), pg_basebackup compresses inside the container:
         a tenth of the bytes cross the slow ``docker exec`` stream (5.2 s -> 2.1 s for the
         benchmark's data volume, bench/README.md).
+
+        ``-X fetch`` collects the WAL at the end of the backup, and a busy server may have
+        recycled it by then ("requested WAL segment ... has already been removed": seen under
+        pgbench while the backup disk stalled). ``-X stream`` cannot write a tar to stdout, so
+        a temporary replication slot, held by a session of its own for the whole backup,
+        keeps that WAL instead (:class:`WalHold`).
         """
         cmd = ["pg_basebackup", "-U", self.user, "-D", "-", "-F", "tar", "-X", "fetch",
                "--checkpoint=fast", "--no-password"]
         if zstd_level is not None:
             cmd.append(f"--compress=client-zstd:level={zstd_level},workers=2")
-        return self.exec(cmd)
+        return BaseBackup(self, cmd)
 
     def check_custom_dump(self, chunks: Iterator[bytes]) -> None:
         """Feed a custom-format dump to ``pg_restore -f /dev/null`` in the container.
@@ -359,6 +376,93 @@ class SnapshotSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WalHold:
+    """A temporary physical replication slot, reserved at once and held by its own psql
+    session: the server keeps every WAL segment from the slot's position on until the session
+    ends. The slot is temporary, so the server drops it when the session ends for any reason
+    (dcb finished, failed, or was killed: the exec's stdin closes and psql exits); it can
+    never pin WAL after the backup."""
+
+    MARKER = b"DCB-SLOT:"
+
+    def __init__(self, pg: PgGateway) -> None:
+        self.slot = f"dcb_{secrets.token_hex(6)}"
+        self.proc = pg.exec(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                             "-U", pg.user, "-d", "postgres"], stdin=True)
+        self._out = self.proc.stdout()
+        buf = b""
+        try:
+            self.proc.send(b"SELECT '" + self.MARKER + b"' || lsn FROM "
+                           b"pg_create_physical_replication_slot('" + self.slot.encode()
+                           + b"', true, true);\n")
+            while self.MARKER not in buf or not buf.endswith(b"\n"):
+                chunk = next(self._out, None)
+                if chunk is None:
+                    self.proc.wait(10)
+                    raise DumpError("cannot reserve WAL for pg_basebackup: "
+                                    f"{first_error(self.proc.stderr_text) or 'psql ended'}")
+                buf += chunk
+        except BaseException:
+            self.close()
+            raise
+        self.lsn = buf.split(self.MARKER, 1)[1].strip().decode()
+
+    def close(self) -> None:
+        """End the session (the server drops the slot with it)."""
+        try:
+            self.proc.close_stdin()
+            for _ in self._out:
+                pass
+            self.proc.wait(30)
+        except (OSError, DcbError):
+            pass
+        finally:
+            self.proc.close()
+
+
+class BaseBackup:
+    """``pg_basebackup``'s tar stream while a :class:`WalHold` keeps the WAL it fetches at
+    the end. When no slot can be made (``max_replication_slots = 0``, all slots in use, an
+    old server), the backup still runs as before and :attr:`warning` says why."""
+
+    def __init__(self, pg: PgGateway, cmd: list[str]) -> None:
+        self.hold: WalHold | None = None
+        self.warning: str | None = None
+        try:
+            self.hold = WalHold(pg)
+        except DumpError as e:
+            self.warning = (f"{e.message}; the backup runs without it and fails if the "
+                            "server recycles that WAL first (raise max_replication_slots or "
+                            "wal_keep_size)")
+        try:
+            self.proc = pg.exec(cmd)
+        except BaseException:
+            if self.hold is not None:
+                self.hold.close()
+            raise
+
+    def stdout(self) -> Iterator[bytes]:
+        return self.proc.stdout()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    @property
+    def stderr_text(self) -> str:
+        return self.proc.stderr_text
+
+    def abort(self, reason: DcbError | None = None) -> None:
+        self.proc.abort(reason)
+
+    def close(self) -> None:
+        try:
+            self.proc.close()
+        finally:
+            if self.hold is not None:
+                self.hold.close()
+                self.hold = None
 
 
 def major_version(version: str) -> int:

@@ -575,6 +575,15 @@ class RestoreFlow:
                                 f"runs {major}: pg_restore cannot go back a major version")
         keeps_old = plan.undo == "move"
         for a in plan.volumes:
+            with contextlib.suppress(NotFound):
+                mount = self.gw.volume(plan.docker_volume(a.name)).mount
+                if mount:
+                    problems.append(
+                        f"volume {a.name} is mounted by Docker only while a container uses "
+                        f"it ({mount}): dcb restores through the host directory, which "
+                        "would write beneath the mount; restore it by hand: tar -x of its "
+                        "archive inside a container that mounts the volume")
+                    continue
             need = int(a.source.get("raw_bytes") or a.size_bytes * 3)
             mp = self._mountpoint(plan.docker_volume(a.name))
             if mp is not None:

@@ -40,6 +40,7 @@ from dcb.services.pg_objects import (
     roles_script,
 )
 from dcb.services.progress import ByteMeter, LogLine, StageFailed, StageFinished, StageStarted
+from dcb.services.psql_guard import OLD_PSQL
 from dcb.services.restore_model import (
     RestoreError,
     RestoreReport,
@@ -602,9 +603,14 @@ class DatabaseStep(Step):
                 code = p.wait()
             meter.add(a.size_bytes)
         else:
-            with open_decompressed(run.plan.set.path / a.file, a.compression) as f, \
-                    pg.exec(cmd, stdin=True) as p:
-                code = p.feed(_chunks(f, run, meter))
+            stream = _chunks_of(run, a, meter)
+            if cmd[0] == "psql":  # a plain dump: psql's meta-commands refused
+                stream = pg.psql_input(stream)
+                if not pg.restricts:
+                    run.events(LogLine(OLD_PSQL.format(
+                        container=run.target.postgres_container), "warning"))
+            with pg.exec(cmd, stdin=True) as p:
+                code = p.feed(stream)
         if code != 0:
             if run.stopping():
                 raise Cancelled("restore cancelled")
@@ -1113,6 +1119,12 @@ class _HoldingReader:
             self._held = True
             faults.hold("volume", self.cancel)
         return b
+
+
+def _chunks_of(run: RestoreRun, a: Artifact, meter: ByteMeter) -> Iterator[bytes]:
+    """An artifact's content, decompressed, the file closed at its end (or on an error)."""
+    with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+        yield from _chunks(f, run, meter)
 
 
 def _chunks(f: Any, run: RestoreRun, meter: ByteMeter | None = None) -> Iterator[bytes]:

@@ -22,11 +22,11 @@ from typing import Any
 
 import platformdirs
 
-from dcb.services.artifacts import StorageError
+from dcb.services.artifacts import StorageError, private_dirs
 from dcb.services.config import Config
 from dcb.services.errors import UsageError
 from dcb.services.stopped import STOPPED_MARKER
-from dcb.services.store import DIR_MODE, HISTORY, LOCKFILE, RUN_ID_RE
+from dcb.services.store import HISTORY, LOCKFILE, RUN_ID_RE
 
 RESTORES_DIR = "restores"
 
@@ -37,6 +37,42 @@ def check_run_id(value: str, what: str = "restore id") -> str:
         raise UsageError(f"{what} {value!r} is not a valid id",
                          hint="`dcb history` lists restores and their ids")
     return value
+
+
+_NUMBER = (int, float)
+_HISTORY_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "id": (str,), "set_id": (str,), "status": (str,), "at": (str,),
+    "started_at": (str,), "finished_at": (str,), "error": (str, type(None)),
+    "ok": (bool,), "deep": (bool,), "duration_seconds": _NUMBER, "size_bytes": (int,),
+    "rto_seconds": _NUMBER, "freed_bytes": (int,), "artifacts": (list,),
+    "problems": (list,), "steps": (list,),
+}
+_ARTIFACT_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "name": (str,), "size_bytes": (int, type(None)),
+    "seconds": (*_NUMBER, type(None)),
+}
+
+
+def sane_history_entry(entry: object) -> bool:
+    """True when a history line can be read: a JSON object whose known fields have their
+    types (a line torn by a crash, flipped on disk or written by something else is skipped:
+    the history informs, it never stops a command)."""
+    if not isinstance(entry, dict):
+        return False
+    for key, types in _HISTORY_TYPES.items():
+        v = entry.get(key)
+        if key in entry and (not isinstance(v, types) or (isinstance(v, bool)
+                                                          and bool not in types)):
+            return False
+        if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+            return False
+    for a in entry.get("artifacts") or []:
+        if not isinstance(a, dict):
+            return False
+        for key, types in _ARTIFACT_TYPES.items():
+            if key in a and (not isinstance(a[key], types) or isinstance(a[key], bool)):
+                return False
+    return all(isinstance(x, dict) for x in entry.get("steps") or [])
 
 
 @dataclass(frozen=True)
@@ -69,7 +105,7 @@ class StateDir:
     def ensure(self) -> None:
         """Create the state dir (0700) and prove it is writable."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            private_dirs(self.root)
             probe = self.root / f".write-test-{os.getpid()}"
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
             probe.unlink()
@@ -107,7 +143,7 @@ class StateDir:
             for line in text.splitlines():
                 with contextlib.suppress(ValueError):
                     entry = json.loads(line)
-                    if isinstance(entry, dict):
+                    if sane_history_entry(entry):
                         out.append(entry)
         return out
 

@@ -76,11 +76,15 @@ class StackStatus:
     """Restores that can still be undone (or whose undone data waits for release)."""
     coverage: Coverage | None = None
     """What is and is not backed up; None when not collected."""
+    store_warnings: tuple[str, ...] = ()
+    """The backup store open to other users (services/permissions.py)."""
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What is not protected, or may be inconsistent: said, but not an error."""
-        return self.coverage.warnings if self.coverage is not None else ()
+        """What is not protected, may be inconsistent, or is open to others: said, but not
+        an error."""
+        return (self.coverage.warnings if self.coverage is not None else ()) + \
+            self.store_warnings
 
     def to_json(self) -> dict[str, Any]:
         now = self.collected_at
@@ -177,7 +181,11 @@ def collect_status(cfg: Config, gateway: DockerGateway, *,
     for name, by in StoppedLedger(state_for(cfg).root).pending().items():
         problems.append(f"{name} was stopped by an interrupted dcb {by} and not started again "
                         "(the next backup or restore starts it; or `docker start` it)")
+    from dcb.services.permissions import lax_modes
+
+    lax = lax_modes(cfg.backup_dir)
     return StackStatus(
+        store_warnings=(lax,) if lax else (),
         undo_points=undo_point_status(cfg, sizes),
         collected_at=datetime.now(UTC),
         containers=tuple(containers),

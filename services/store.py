@@ -26,6 +26,7 @@ reason; nothing outside the set directory is ever opened because a manifest name
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -256,6 +257,22 @@ def check_set_id(set_id: str) -> str:
     return set_id
 
 
+DIGEST_KEY = "manifest_sha256"
+
+
+def manifest_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's content without its own digest, in canonical JSON (sorted
+    keys, no whitespace): a bit flipped anywhere in the file changes it or breaks the JSON."""
+    body = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def manifest_bytes(data: dict[str, Any]) -> bytes:
+    """The manifest file as dcb writes it: indented JSON carrying its own digest."""
+    return json.dumps({**data, DIGEST_KEY: manifest_digest(data)}, indent=2).encode()
+
+
 class ManifestError(DcbError):
     """A manifest that does not parse or does not pass the schema."""
 
@@ -292,6 +309,18 @@ def _read_plain_file(path: Path, limit: int) -> str:
 
 class _Invalid(ValueError):
     pass
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str | None) -> str | None:
+    """Free text from a manifest (host, error) with its control characters shown escaped: a
+    copy from another party's disk must not send ESC sequences to the terminal (retitle it,
+    hide text, write the clipboard with OSC 52)."""
+    if text is None:
+        return None
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _field(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str,
@@ -383,12 +412,15 @@ def _artifact(a: Any, i: int) -> Artifact:
 
 
 KNOWN_FIELDS = {"id", "created_at", "status", "host", "dcb_version", "duration_seconds",
-                "error", "artifacts", "size_bytes", "path", "manifest_version"}
+                "error", "artifacts", "size_bytes", "path", "manifest_version", DIGEST_KEY}
 
 
 def _from_manifest(set_dir: Path, data: Any) -> BackupSet:
     if not isinstance(data, dict):
         raise _Invalid("not a JSON object")
+    if DIGEST_KEY in data and data[DIGEST_KEY] != manifest_digest(data):
+        # Manifests from before the digest (and hand-made ones) have none: still read.
+        raise _Invalid("damaged: its content does not match its manifest_sha256")
     version = _field(data, "manifest_version", int, "", required=False)
     if version is not None and version > MANIFEST_VERSION:
         raise _Invalid(f"manifest_version {version} is newer than this dcb reads "
@@ -428,10 +460,10 @@ def _from_manifest(set_dir: Path, data: Any) -> BackupSet:
         status=status,
         created_at=created,
         artifacts=artifacts,
-        host=data.get("host"),
-        dcb_version=data.get("dcb_version"),
+        host=printable(data.get("host")),
+        dcb_version=printable(data.get("dcb_version")),
         duration_seconds=duration,
-        error=data.get("error"),
+        error=printable(data.get("error")),
         extra={k: v for k, v in data.items() if k not in KNOWN_FIELDS},
     )
 

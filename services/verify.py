@@ -179,11 +179,41 @@ def _read_artifact(s: BackupSet, a: Artifact, deep: bool, pg: PgGateway | None,
     return None, note
 
 
+class _ZstdFrames:
+    """Every zstd frame decompressed to its end, its checksum checked: a stream that ends
+    inside a frame is damaged (zstandard's stream_reader ends quietly there, so a file cut by
+    one byte read as complete)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.dctx = zstandard.ZstdDecompressor()
+        self.obj = self.dctx.decompressobj()
+        self.pending = False
+        self.buf = bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        n = CHUNK if n is None or n < 0 else n
+        while len(self.buf) < n:
+            chunk = self.raw.read(CHUNK)
+            if not chunk:
+                if self.pending:
+                    raise zstandard.ZstdError("the zstd stream ends inside a frame (truncated)")
+                break
+            while chunk:
+                if self.obj.eof:  # the previous frame ended: the next one starts here
+                    self.obj = self.dctx.decompressobj()
+                self.buf += self.obj.decompress(chunk)
+                chunk = self.obj.unused_data if self.obj.eof else b""
+                self.pending = not self.obj.eof
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+
 def _decompressed(f: Any, compression: str) -> BinaryIO:
     reader: Any = f
     if compression == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            f, read_size=CHUNK, read_across_frames=True, closefd=False)
+        reader = _ZstdFrames(f)
     elif compression == "gzip":
         reader = gzip.GzipFile(fileobj=f, mode="rb")
     return reader

@@ -152,6 +152,13 @@ def mountpoint_usable(mountpoint: str) -> bool:
 def open_volume_tar(gw: DockerGateway, volume: str, access: str, helper_image: str,
                     owner: str) -> TarSource:
     info = gw.volume(volume)
+    if info.mount:
+        # Docker mounts it for the helper; on the host it may be the empty directory below.
+        if access == "mountpoint":
+            raise DcbError(f"volume {volume} is mounted by Docker only while a container "
+                           f"uses it ({info.mount}): its host directory may be empty",
+                           hint="set [storage] volume_access = \"auto\" or \"helper\"")
+        return HelperTar(gw, helper_image, volume, owner)
     if access == "mountpoint" or (access == "auto" and mountpoint_usable(info.mountpoint)):
         if not mountpoint_usable(info.mountpoint):
             raise DcbError(f"volume {volume}: cannot read its mountpoint {info.mountpoint}",

@@ -4,6 +4,7 @@ manifests and history lines written directly, relative to a given time. No Docke
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,7 +32,17 @@ class Run:
 def write_runs(root: Path, now: datetime, runs: Sequence[Run],
                others: Sequence[dict[str, Any]] = ()) -> None:
     """Sets and history for ``runs`` (oldest first in the history), plus ``others`` history
-    entries appended after them."""
+    entries appended after them. Private modes, as dcb writes them (a store open to others
+    is a finding of its own)."""
+    old = os.umask(0o077)
+    try:
+        _write_runs(root, now, runs, others)
+    finally:
+        os.umask(old)
+
+
+def _write_runs(root: Path, now: datetime, runs: Sequence[Run],
+                others: Sequence[dict[str, Any]]) -> None:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     lines = []
     for r in sorted(runs, key=lambda r: -r.hours_ago):

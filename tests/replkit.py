@@ -94,6 +94,9 @@ class FaultProxy:
         self.fail_next = 0
         self.fail_status = "503 Slow Down"
         self.failed = 0
+        self.stall = False
+        """Accept and read, never answer: a server that hangs."""
+        self.stalled = 0
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -135,6 +138,12 @@ class FaultProxy:
                 fail = self.fail_next != 0
                 if self.fail_next > 0:
                     self.fail_next -= 1
+            if self.stall:
+                self.stalled += 1
+                with self._lock:
+                    self._conns.append(c)
+                threading.Thread(target=self._swallow, args=(c,), daemon=True).start()
+                continue
             if fail:
                 self.failed += 1
                 threading.Thread(target=self._refuse, args=(c,), daemon=True).start()
@@ -148,6 +157,12 @@ class FaultProxy:
                 self._conns += [c, u]
             for a, b in ((c, u), (u, c)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _swallow(c: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while c.recv(65536):
+                pass
 
     def _refuse(self, c: socket.socket) -> None:
         with contextlib.suppress(OSError):

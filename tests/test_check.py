@@ -100,6 +100,7 @@ def test_heartbeat_missing_stale_stopped_or_fresh(tmp_path: Path):
     state = {"pid": 1, "host": "h", "started_at": now, "tz": "UTC", "jobs": {}}
     state_file.write_text(json.dumps({**state, "updated_at":
                                       (datetime.now(UTC) - timedelta(minutes=12)).isoformat()}))
+    state_file.chmod(0o600)  # as the daemon writes it (a store open to others is a finding)
     code, _, line = check(cfg)
     assert code == 2 and "heartbeat is 12 min old" in line and "stale after 5 min" in line
     state_file.write_text(json.dumps({**state, "updated_at": now, "stopped": True}))

@@ -108,6 +108,7 @@ async def test_alert_banner_follows_dcb_check_and_status_line_the_daemon(tmp_pat
             "pid": 1, "host": "h", "started_at": now, "updated_at": now, "tz": "UTC",
             "jobs": {"nightly": {"name": "nightly", "run": "backup", "cron": "0 2 * * *",
                                  "next_run": "2099-01-01T02:00:00+00:00"}}}))
+        (cfg.backup_dir / STATE_FILE).chmod(0o600)  # as the daemon writes it
         await pilot.press("g")
         await until(pilot, lambda: not banner.display, "banner hidden")
         line = text(app.screen.query_one(StatusLine))

@@ -149,3 +149,26 @@ def test_server_gone_mid_upload_leaves_nothing_listed(tmp_path: Path, moto: str,
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     r = run_dcb("list", "--from", "offsite", "--json", "--config", str(cfg), env=s3_env(proxy.url))
     assert [s["id"] for s in json.loads(r.out)] == [set_id]
+
+
+def test_a_stalled_server_is_given_up_on_within_the_timeout(tmp_path: Path, moto: str,
+                                                            proxy: FaultProxy):
+    """A server that accepts and never answers: each request gives up after [replication]
+    timeout, retries are bounded, one clear line, nothing listed at the destination."""
+    bucket = "b" + os.urandom(4).hex()
+    s3(moto).create_bucket(Bucket=bucket)
+    set_id = set_ids(1)[0]
+    make_set(tmp_path / "backups", set_id)
+    cfg = config(tmp_path, proxy.url, bucket, retries=2)
+    cfg.write_text(cfg.read_text() + "timeout = 2\n")
+    proxy.stall = True
+    t0 = time.monotonic()
+    r = run_dcb("replicate", "--all", "--config", str(cfg), env=s3_env(proxy.url), timeout=120)
+    took = time.monotonic() - t0
+    assert r.code == 1 and "offsite" in r.err and "Traceback" not in r.err, r.err
+    assert proxy.stalled >= 2 and took < 60, (proxy.stalled, took)
+    proxy.stall = False
+    keys = [o["Key"] for o in s3(moto).list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == []
+    r = run_dcb("replicate", "--all", "--config", str(cfg), env=s3_env(proxy.url))
+    assert r.code == 0, r.err

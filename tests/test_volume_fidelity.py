@@ -263,6 +263,7 @@ def test_deep_verify_reads_volume_archives_with_the_restores_reader(
     import hashlib
 
     art["size_bytes"], art["sha256"] = len(cut), hashlib.sha256(cut).hexdigest()
+    manifest.pop("manifest_sha256")  # a hand-edited manifest carries no digest
     manifest_path.write_text(json.dumps(manifest))
 
     assert run_dcb("verify", rich_set.id, "--config", str(cfg)).code == 0  # checksums agree

@@ -5,13 +5,15 @@ SHA-256, then the directory is renamed into place: a copy is whole or absent."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from dcb.services.artifacts import CHUNK, fsync_dir, sha256_file
+from dcb.services.artifacts import CHUNK, fsync_dir, private_dirs, sha256_file
 from dcb.services.destinations.base import (
     MAX_MANIFEST_BYTES,
     Destination,
@@ -48,7 +50,7 @@ class LocalDestination(Destination):
         final = self.root / set_id
         tmp = self.root / f".incoming-{set_id}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            private_dirs(self.root)
             if tmp.exists():  # left by a killed run
                 shutil.rmtree(tmp)
             tmp.mkdir(mode=DIR_MODE)
@@ -85,10 +87,25 @@ class LocalDestination(Destination):
         if size != f.size_bytes or (f.sha256 and digest != f.sha256):
             raise self.error(f"the copy of {f.name} does not verify (size or SHA-256)")
 
+    def _open_in_set(self, set_id: str, name: str) -> int:
+        """A file of a copy, opened as itself: the set directory and the file are never
+        followed through a symlink, and a FIFO or device is refused without blocking (the
+        destination may be another party's disk)."""
+        d = os.open(self.root / set_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=d)
+        finally:
+            os.close(d)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self.error(f"{set_id}/{name} at {self.root} is not a regular file: refused")
+        os.set_blocking(fd, True)
+        return fd
+
     def read_manifest(self, set_id: str) -> bytes:
         p = self.root / set_id / MANIFEST
         try:
-            with open(p, "rb") as f:
+            with os.fdopen(self._open_in_set(set_id, MANIFEST), "rb") as f:
                 return f.read(MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError:
             raise self.error(f"no set {set_id} at {self.root}",
@@ -102,13 +119,15 @@ class LocalDestination(Destination):
         for name in names:
             s = src / name
             try:
-                if s.is_symlink() or not s.is_file():
-                    raise self.error(f"{set_id}/{name} is missing or not a regular file")
-                with open(s, "rb") as r, open(dest / name, "xb") as w:
+                with os.fdopen(self._open_in_set(set_id, name), "rb") as r, \
+                        os.fdopen(os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                          0o600), "wb") as w:
                     while b := r.read(CHUNK):
                         transfer.add(len(b))
                         w.write(b)
             except OSError as e:
+                if e.errno == errno.ENOENT:
+                    raise self.error(f"{set_id}/{name} is missing at {self.root}") from None
                 raise self.error(f"cannot read {s}: {e.strerror}") from None
 
     def delete_set(self, set_id: str) -> None:

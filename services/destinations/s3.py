@@ -38,6 +38,8 @@ from dcb.services.store import MANIFEST, SET_ID_RE
 PART = 16 * 1024 * 1024
 STALE_UPLOAD = timedelta(days=1)
 CONCURRENCY = 8
+READ_TIMEOUT = 60.0
+"""Seconds an S3 request may wait for an answer, unless the destination's timeout is lower."""
 
 
 class S3Destination(Destination):
@@ -52,7 +54,10 @@ class S3Destination(Destination):
             request_checksum_calculation=d.request_checksum_calculation,
             response_checksum_validation=d.request_checksum_calculation,
             retries={"max_attempts": d.retries, "mode": "standard"},
-            connect_timeout=10, read_timeout=60, max_pool_connections=CONCURRENCY + 2,
+            # A server that accepts and never answers is given up on per request (then
+            # retried): at most ``timeout``, 60 s by default.
+            connect_timeout=10, read_timeout=min(READ_TIMEOUT, d.timeout),
+            max_pool_connections=CONCURRENCY + 2,
         )
         self.client: Any = boto3.session.Session().client(
             "s3", endpoint_url=d.endpoint_url or None, region_name=d.region or None,

@@ -16,6 +16,9 @@ Conditions, each a ``Finding``:
   of the last ``baseline_runs`` complete runs of the same scope, or its size moved by more than
   ``size_factor`` either way: WARNING (needs 3 earlier runs).
 - ``replication``: a destination's lag above ``replication_lag_hours``: WARNING.
+- ``stopped``: a container dcb stopped and a killed run never started again: CRITICAL.
+- ``permissions``: the backup store open to other users (files others may read,
+  directories others may change): WARNING.
 - ``coverage``: a database or volume of the stack that no backup takes (services/coverage.py):
   WARNING; the Docker engine not answering: UNKNOWN. PostgreSQL down or missing is said but
   stays OK here: the backups it breaks show in ``rpo`` and ``failures``.
@@ -299,9 +302,25 @@ def run_check(cfg: Config, now: datetime | None = None, *, heartbeat: bool = Tru
             findings.append(hb)
     findings.extend(_anomalies(cfg, history))
     findings.extend(_replication(cfg, replication_lags(cfg, now) if lags is None else lags))
+    findings.extend(_left_behind(cfg))
     if with_coverage:
         findings.append(_coverage(cfg))
     return CheckReport(tuple(findings), now)
+
+
+def _left_behind(cfg: Config) -> list[Finding]:
+    """What a killed run left and the next run will fix, said loudly until then."""
+    from dcb.services.permissions import lax_modes
+    from dcb.services.state import state_for
+    from dcb.services.stopped import StoppedLedger
+
+    out = [Finding("stopped", CRITICAL,
+                   f"{name} was stopped by an interrupted dcb {by} and not started again")
+           for name, by in StoppedLedger(state_for(cfg).root).pending().items()]
+    lax = lax_modes(cfg.backup_dir)
+    if lax:
+        out.append(Finding("permissions", WARNING, lax))
+    return out
 
 
 def history_times(history: Sequence[dict[str, Any]]) -> list[datetime | None]:

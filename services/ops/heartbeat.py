@@ -130,4 +130,4 @@ def write_state(root: Path, state: DaemonState) -> None:
     Raises ``StorageError`` when the backup dir cannot be written."""
     data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
     with _write_lock:
-        atomic_write_bytes(state_path(root), data, mode=0o644)
+        atomic_write_bytes(state_path(root), data)
