@@ -242,12 +242,20 @@ class BackupRun:
         artifacts: list[Artifact] = []
         failure: BaseException | None = None
         stop_both = threading.Event()
+        # The failure that stopped the run: the first in time. What the other stage hits once
+        # it is being stopped (pg_dump's "invalid snapshot identifier" when the snapshot's
+        # session ends, say) is a consequence, whichever stage is collected first.
+        cause: list[BaseException] = []
+        cause_lock = threading.Lock()
 
         def guarded(stage: Callable[[], list[Artifact]]) -> list[Artifact]:
             try:
                 return stage()
-            except BaseException:
-                stop_both.set()
+            except BaseException as e:
+                with cause_lock:
+                    if not stop_both.is_set() and not isinstance(e, Cancelled):
+                        cause.append(e)
+                    stop_both.set()
                 raise
 
         self._stage_cancel = stop_both
@@ -271,6 +279,8 @@ class BackupRun:
                 except BaseException as e:  # the first real error wins over "cancelled"
                     if failure is None or isinstance(failure, Cancelled):
                         failure = e
+            if cause:
+                failure = cause[0]
 
         duration = time.monotonic() - t0
         if self.cancel.is_set() and not isinstance(failure, Cancelled):
