@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -58,6 +59,15 @@ def stack(docker_client: docker.DockerClient) -> Iterator[stackkit.TestStack]:
         yield st
     finally:
         stackkit.destroy_stack(st)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background (``cmd &`` in a script, as CI may) inherits SIGINT
+    ignored, and so would every dcb it starts: the tests that press Ctrl-C would see it
+    ignored. A handler here gives each child the default disposition again (exec resets
+    handled signals, never ignored ones)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
