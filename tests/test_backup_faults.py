@@ -76,19 +76,24 @@ class Run:
         self.proc.wait(30)
 
 
-def freeze(pid: int) -> None:
+def freeze(pid: int) -> bool:
     """SIGSTOP ``pid`` and wait until every one of its threads has really stopped (the signal
-    is delivered asynchronously: a thread may finish a write after ``kill`` returns)."""
+    is delivered asynchronously: a thread may finish a write after ``kill`` returns).
+    False when it had ended already (a zombie not yet reaped: nothing to freeze)."""
     os.kill(pid, signal.SIGSTOP)
+    ended = False
 
     def all_stopped() -> bool:
+        nonlocal ended
         states = []
         for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
             with contextlib.suppress(OSError):
                 states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
-        return bool(states) and all(s in ("T", "t") for s in states)
+        ended = not states or any(st in ("Z", "X") for st in states)
+        return ended or all(st in ("T", "t") for st in states)
 
     wait_until(f"pid {pid} to stop", all_stopped, timeout=10)
+    return not ended
 
 
 def wait_until(what: str, pred: Callable[[], T], run: Run | None = None,

@@ -113,8 +113,9 @@ def test_kill_at_random_points_never_lists_a_corrupt_set(stack: TestStack,
                 while ended is None and time.monotonic() < deadline:
                     time.sleep(0.005)
                     ended = run.proc.poll()
+                if ended is None and not freeze(run.pid):
+                    ended = run.wait(30)  # it ended between the last poll and the stop
                 if ended is None:
-                    freeze(run.pid)
                     where = _where(root, before, stack)
                     if polite is None:
                         run.proc.send_signal(signal.SIGKILL)
