@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from typing import Any
@@ -15,7 +16,7 @@ from dcb.services import formatting as fmt
 from dcb.services.backup import BackupRequest, BackupRun
 from dcb.services.config import Config
 from dcb.services.docker_gateway import DockerGateway
-from dcb.services.errors import DcbError, NotFound, UsageError
+from dcb.services.errors import Cancelled, DcbError, NotFound, UsageError
 from dcb.services.postgres import PgGateway
 from dcb.services.prune import PlanChanged, PrunePlan, PruneResult, execute, preview, prune
 from dcb.services.running import running_sets
@@ -110,7 +111,13 @@ def cmd_backup(args: argparse.Namespace, cfg: Config) -> int:
 
         printer = ProgressPrinter(quiet=args.quiet)
         try:
-            rep = replicate_after_backup(cfg, s, printer, cancel)
+            with CancelOnSignals(cancel, (signal.SIGINT, signal.SIGTERM),
+                                 "\ndcb: stopping replication...\n"):
+                rep = replicate_after_backup(cfg, s, printer, cancel)
+        except Cancelled:
+            # The set stays complete (and is copied by the next replication round).
+            raise Cancelled(f"backup {s.id} is complete; its replication was interrupted",
+                            hint="`dcb replicate --all` copies it later") from None
         finally:
             printer.close()
         for d in rep.destinations if rep else ():

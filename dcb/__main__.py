@@ -1,7 +1,5 @@
 """``python -m dcb``: the same as the ``dcb`` console script."""
 
-import sys
+from dcb.cli.entry import run
 
-from dcb.cli.main import main
-
-sys.exit(main())
+run()

@@ -322,6 +322,40 @@ def test_signal_while_app_stopped_restarts_it_promptly(restore_stack: TestStack,
     assert sorted(p.name for p in (root / set_id).iterdir()) == ["manifest.json"]
 
 
+def test_sigterm_during_replication_after_backup(restore_stack: TestStack,
+                                                tmp_path: Path) -> None:
+    """``docker stop`` of a backup that is replicating its new set ([replication]
+    after_backup): the copy is stopped (its process with it), the exit is "interrupted"
+    (130) and says the backup itself is complete, and the set stays listed complete."""
+    stack = restore_stack
+    cfg = stack.write_config(
+        tmp_path, stack={"databases": ["functions_db"], "volumes": []},
+        replication={"after_backup": True},
+        **{"replication.slow": {"type": "command", "command": ["sh", "-c", "sleep 98.75"]}})
+    root = tmp_path / "backups"
+
+    def sleeping() -> bool:
+        ps = subprocess.run(["pgrep", "-f", "sleep 98.75"], capture_output=True, text=True)
+        return ps.stdout.strip() != ""
+
+    run = Run(tmp_path, "replicating", cfg, "-q")
+    try:
+        wait_until("the replication command running", sleeping, run)
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.wait(30)
+    finally:
+        run.kill()
+    assert code == 130, run.err
+    assert "is complete; its replication was interrupted" in run.err, run.err
+    assert "Traceback" not in run.err
+    sets = list_sets(cfg)
+    assert [s["status"] for s in sets.values()] == ["complete"], sets
+    assert run.out.strip() == next(iter(sets))
+    time.sleep(0.3)
+    assert not sleeping(), "the replication command outlived dcb"
+    assert temp_files(root) == []
+
+
 def test_run_on_another_backup_dir_does_not_break_a_live_run(restore_stack: TestStack,
                                                                tmp_path: Path) -> None:
     """Two backup dirs on one engine (two stacks, or a test copy next to production): each run
