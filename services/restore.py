@@ -533,7 +533,7 @@ class RestoreFlow:
         """Stage everything while the stack runs (the volumes in the second lane, the
         databases in the first), then stop the apps, swap, start them again, verify."""
         steps: list[Step] = [
-            StageVolumeStep(f"volume:{a.name}", f"stage volume {a.name} (read through, "
+            StageVolumeStep(f"volume:{a.name}", f"stage volume {a.name} (checked as it is "
                             "extracted aside; nothing live changes)", est(a), lane="volumes",
                             name=a.name) for a in plan.volumes]
         if plan.databases:

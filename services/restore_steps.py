@@ -12,6 +12,7 @@ a run killed with SIGKILL still shows where it was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -24,13 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import zstandard
+
 from dcb.services import faults
 from dcb.services.artifacts import CHUNK, open_decompressed
 from dcb.services.backup import BackupRequest, BackupRun
 from dcb.services.docker_exec import StepGuard
-from dcb.services.encryption import is_encrypted
+from dcb.services.encryption import is_encrypted, open_decrypted_from
 from dcb.services.errors import Cancelled, DcbError, NotFound
-from dcb.services.host_extract import extract_validated, gnu_tar
 from dcb.services.pg_objects import (
     DatabaseProperties,
     database_properties,
@@ -48,6 +50,7 @@ from dcb.services.restore_model import (
     pg_data_artifact,
 )
 from dcb.services.safe_tar import (
+    ExtractError,
     Listing,
     clear_directory,
     extract_archive,
@@ -306,21 +309,12 @@ class VolumeStep(Step):
                 make_data_dir(dest)
             clear_directory(dest)
         meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
-        how = ""
-        if validated is not None and not delta and gnu_tar() is not None and \
-                not any(os.scandir(dest)):
-            # Validated in this run, into an empty directory: GNU tar writes it.
-            extract_validated(run.plan.set.path / a.file, a.compression, dest,
-                              sha256=a.sha256 or run.plan.digests.get(a.name), meter=meter,
-                              stopping=run.stopping,
-                              after_first_chunk=lambda: faults.hold("volume", run.cancel))
-            listing = validated
-            how = ", GNU tar"
-        else:
-            with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
-                listing = extract_archive(
-                    _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
-                    dest, expected=validated, delta=delta)
+        # Every member is checked again as it is written (and must equal the validated
+        # listing); large files go around the page cache (safe_tar._Direct).
+        with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+            listing = extract_archive(
+                _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
+                dest, expected=validated, delta=delta)
         if delta:
             remove_extraneous(dest, listing)
         meter.flush()
@@ -330,7 +324,7 @@ class VolumeStep(Step):
         # dir as it boots and an app may write at once.
         run.volume_diffs[a.name] = compare_tree(dest, listing)
         kept = "; previous contents kept in the undo point" if item and item.moved else ""
-        return f"{len(listing.entries)} entries{how}{kept}"
+        return f"{len(listing.entries)} entries{kept}"
 
 
 def make_data_dir(path: Path) -> None:
@@ -355,6 +349,93 @@ def read_through(run: RestoreRun, a: Artifact) -> tuple[Listing, str]:
                            ) from None
     assert listing is not None
     return listing, digest
+
+
+class _Hashed:
+    """The stored file, SHA-256 hashed as it is read (before decryption and decompression)."""
+
+    def __init__(self, path: Path) -> None:
+        # Never through a symlink: a set's files are input (services/artifacts.py).
+        self.f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        b: bytes = self.f.read(n)
+        self.sha.update(b)
+        return b
+
+    def readinto(self, buf: Any) -> int:
+        b = self.read(len(buf))
+        buf[:len(b)] = b
+        return len(b)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> str:
+        """Hash what the extraction did not need (padding, trailers); the digest."""
+        while self.read(CHUNK):
+            pass
+        return self.sha.hexdigest()
+
+
+def stage_archive(run: RestoreRun, a: Artifact, dest: Path, validated: Listing | None,
+                  meter: ByteMeter) -> Listing:
+    """Extract a volume's archive into the empty staging directory ``dest`` in one read of
+    the stored file: its checksum, decryption, decompression and every member's checks
+    (services/safe_tar.py, before the member is written) in the same pass, large files
+    written around the page cache. Nothing live is touched, so a member refused or a
+    checksum that does not match at the end only fails the restore (the stage is dropped).
+
+    Before, the archive was read through once to validate it and a second time into GNU
+    tar: twice the hashing and decompression, and every byte through the page cache, which
+    on a 2-core VM cost more CPU than PostgreSQL's replay running beside it (bench/README.md).
+    """
+    from dcb.services.restore import _decompressed
+
+    path = run.plan.set.path / a.file
+    if path.is_symlink():
+        raise RestoreError(f"set {run.plan.set.id} failed validation: {a.file}: a symlink: "
+                           "refused", hint="nothing live was changed; pick another set")
+    expected = a.sha256 or run.plan.digests.get(a.name)
+    raw = _Hashed(path)
+    try:
+        plain: Any = open_decrypted_from(raw, a.file) if is_encrypted(path) else raw
+        try:
+            f = _decompressed(plain, a.compression)
+            try:
+                listing = extract_archive(
+                    _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
+                    dest, expected=validated)
+            except Cancelled:
+                raise
+            except (DcbError, OSError, EOFError, zstandard.ZstdError) as e:
+                why = getattr(e, "message", None) or str(e)
+                try:
+                    digest = raw.drain()
+                except (OSError, DcbError):
+                    digest = None
+                if expected is not None and digest is not None and digest != expected:
+                    why = "checksum mismatch (corrupted)"
+                if isinstance(e, ExtractError):
+                    raise RestoreError(f"volume {a.name}: {why}",
+                                       hint="nothing live was changed") from None
+                raise RestoreError(f"set {run.plan.set.id} failed validation: {a.file}: {why}",
+                                   hint="nothing live was changed; pick another set "
+                                        "(`dcb list`)") from None
+            while plain.read(CHUNK):
+                pass  # age checks every chunk through to the last
+        finally:
+            if plain is not raw:
+                plain.close()
+        digest = raw.drain()
+    finally:
+        raw.f.close()
+    if expected is not None and digest != expected:
+        raise RestoreError(f"set {run.plan.set.id} failed validation: {a.file}: checksum "
+                           "mismatch (corrupted)",
+                           hint="nothing live was changed; pick another set (`dcb list`)")
+    return listing
 
 
 @dataclass(frozen=True)
@@ -383,22 +464,9 @@ class StageVolumeStep(Step):
         if st is not None:
             os.chown(staged, st.st_uid, st.st_gid)
         os.chmod(staged, stat.S_IMODE(st.st_mode) if st is not None else 0o755)
-        listing = run.plan.listings.get(a.name)
-        digest = a.sha256 or run.plan.digests.get(a.name)
-        if listing is None:
-            listing, digest = read_through(run, a)
+        validated = run.plan.listings.get(a.name)
         meter = ByteMeter(f"volume {a.name}", run.events, a.source.get("raw_bytes"))
-        how = ""
-        if gnu_tar() is not None:
-            extract_validated(run.plan.set.path / a.file, a.compression, staged,
-                              sha256=digest, meter=meter, stopping=run.stopping,
-                              after_first_chunk=lambda: faults.hold("volume", run.cancel))
-            how = ", GNU tar"
-        else:
-            with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
-                extract_archive(
-                    _HoldingReader(f, meter, run.stopping, run.cancel),  # type: ignore[arg-type]
-                    staged, expected=listing)
+        listing = stage_archive(run, a, staged, validated, meter)
         meter.flush()
         from dcb.services.restore import compare_tree
 
@@ -407,7 +475,7 @@ class StageVolumeStep(Step):
             raise RestoreError(f"volume {a.name}: the extracted tree differs from the archive: "
                                + "; ".join(diffs[:3]), hint="nothing live was changed")
         run.volume_diffs[a.name] = diffs
-        return f"{len(listing.entries)} entries{how}"
+        return f"{len(listing.entries)} entries"
 
 
 @dataclass(frozen=True)
