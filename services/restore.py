@@ -506,7 +506,7 @@ class RestoreFlow:
         if plan.stops_postgres:
             steps.append(StopPostgresStep("stop-postgres", f"stop {t.postgres_container}", 10))
         for a in plan.volumes:
-            lane = "main" if plan.is_pg_data(a) else "volumes"
+            lane = "main" if plan.is_pg_data(a) else "pool"
             steps.append(VolumeStep(f"volume:{a.name}", f"replace volume {a.name}", est(a),
                                     lane=lane, name=a.name))
         if plan.databases or plan.stops_postgres:
@@ -530,11 +530,12 @@ class RestoreFlow:
 
     def _staged_steps(self, plan: RestorePlan, est: Callable[[Artifact], float]
                       ) -> list[Step]:
-        """Stage everything while the stack runs (the volumes in the second lane, the
-        databases in the first), then stop the apps, swap, start them again, verify."""
+        """Stage everything while the stack runs (two workers: the volumes first, then the
+        databases, longest first, once PostgreSQL answers and the roles exist), then stop the
+        apps, swap, start them again, verify."""
         steps: list[Step] = [
             StageVolumeStep(f"volume:{a.name}", f"stage volume {a.name} (checked as it is "
-                            "extracted aside; nothing live changes)", est(a), lane="volumes",
+                            "extracted aside; nothing live changes)", est(a), lane="pool",
                             name=a.name) for a in plan.volumes]
         if plan.databases:
             steps.append(PostgresReadyStep("postgres", "check that PostgreSQL answers", 1))
@@ -542,11 +543,11 @@ class RestoreFlow:
             steps.append(RolesStep("roles", "restore roles" + (" (reset existing ones)"
                                                                if plan.roles else
                                                                " (create missing ones)"), 1))
-        for a in plan.databases:
+        for a in sorted(plan.databases, key=est, reverse=True):
             name = plan.target_db or a.name
             steps.append(DatabaseStep(f"database:{a.name}", f"restore database {a.name} into "
                                       "a temporary database", est(a), name=a.name,
-                                      target=name, swap=False))
+                                      target=name, swap=False, lane="pool"))
         if plan.stop_containers:
             steps.append(StopStep("stop", "stop " + ", ".join(plan.stop_containers), 10,
                                   joins=True))

@@ -2,9 +2,12 @@
 
 Each step is a frozen dataclass with a key, a title, an estimate and a ``run(run)`` method
 that does the work and returns a one-line detail. :class:`RestoreRun` executes a plan's steps
-in order; steps in the ``volumes`` lane (the app's volumes) run one after the other in a
-second thread, concurrently with the main lane (PostgreSQL, roles, databases: file creation in
-the kernel and PostgreSQL use both cores); a step that ``joins`` waits for that lane first.
+in order; steps in the ``pool`` lane run in worker threads, concurrently with the main lane
+(file creation in the kernel and PostgreSQL use both cores): one worker when live data is
+replaced in place (the volumes, one after the other), two in a staged restore, where the
+volumes are staged and then the databases, longest first, are restored into temporary
+databases by whichever worker is free (work-conserving: a small database does not wait for a
+big one while a core idles). A step that ``joins`` waits for the pool first.
 Every step is timed into the incident log, written when the step starts and when it ends, so
 a run killed with SIGKILL still shows where it was.
 """
@@ -116,9 +119,9 @@ class Step:
     title: str
     estimate_seconds: float = 0.0
     lane: str = "main"
-    """``main``, or ``volumes``: run in a second thread, concurrently with the main lane."""
+    """``main``, or ``pool``: run by a worker thread, concurrently with the main lane."""
     joins: bool = False
-    """Wait for the ``volumes`` lane before running."""
+    """Wait for the ``pool`` lane before running."""
     estimate_source: str = ""
     """Where the estimate comes from (services/restore_estimate.py), said beside it."""
     bytes: int = 0
@@ -1004,11 +1007,12 @@ class RestoreRun:
 
     def _run_steps(self) -> None:
         futures: list[Future[None]] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcb-restore") as pool:
+        workers = 2 if self.plan.staged else 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dcb-restore") as pool:
             try:
                 for step in self.plan.steps:
                     _raise_failed(futures)
-                    if step.lane == "volumes":
+                    if step.lane == "pool":
                         futures.append(pool.submit(self._run_one, step))
                         continue
                     if step.joins:
