@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,43 @@ def release_undo_points(st: TestStack) -> None:
         if v.name.startswith(st.prefix):
             with contextlib.suppress(docker.errors.APIError):
                 v.remove(force=True)
+
+
+def functions_state(st: TestStack) -> dict[str, Any]:
+    """What a restore of functions_db and the functions volume must bring back exactly."""
+    return {"functions_db": st.table_digest("functions_db"),
+            "functions_data": st.volume_listing(st.functions_volume)}
+
+
+@contextlib.contextmanager
+def changed_after_backup(st: TestStack, directory: Path, *, keep_rows: int, new_file: str
+                         ) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+    """A set of functions_db and the functions volume, then both changed (rows above
+    ``keep_rows`` deleted, ``new_file`` added, a file removed): yields the config, the set id
+    and the changed state. Afterwards every container runs again and the set is restored
+    without an undo point, so the shared stack is as the next tests expect it."""
+    from tests.conftest import run_dcb  # conftest imports this module
+
+    cfg = st.write_config(directory)
+    r = run_dcb("backup", "-q", "--db", "functions_db", "--volume", st.functions_volume,
+                "--config", str(cfg))
+    assert r.code == 0, r.err
+    set_id = r.out.strip()
+    st.psql("functions_db", f"DELETE FROM invocations WHERE id > {keep_rows}")
+    backend = st.client.containers.get(st.backend_container)
+    assert backend.exec_run(["sh", "-c", f"echo changed > /data/functions/{new_file} && "
+                                         "rm -rf /data/functions/hello"]).exit_code == 0
+    try:
+        yield cfg, set_id, functions_state(st)
+    finally:
+        release_undo_points(st)
+        for name in (st.postgres_container, st.backend_container):
+            c = st.client.containers.get(name)
+            if c.status != "running":
+                c.start()
+        r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(cfg))
+        assert r.code == 0, r.err + r.out
+        release_undo_points(st)
 
 
 def start_backend(st: TestStack) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_dcb
-from tests.stackkit import TestStack, release_undo_points
+from tests.stackkit import TestStack, changed_after_backup, functions_state
 
 DCB = Path(sys.executable).parent / "dcb"
 POINTS = ["validate", "undo-point", "volume", "database", "verify"]
@@ -39,35 +39,16 @@ CASES = [pytest.param(p, s, id=f"{p}-{n}") for p in POINTS
 CASES.append(pytest.param("swap", signal.SIGKILL, id="swap-kill-9"))
 
 
-def state(stack: TestStack) -> dict[str, Any]:
-    return {"functions_db": stack.table_digest("functions_db"),
-            "functions_data": stack.volume_listing(stack.functions_volume)}
+state = functions_state
 
 
 @pytest.fixture(scope="module")
 def damaged(stack: TestStack, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[Path, str, dict[str, Any]]]:
-    """A set of functions_db and the functions volume, then both changed: every test starts
-    from (and must end in) this changed state. Afterwards the stack is put back."""
-    cfg = stack.write_config(tmp_path_factory.mktemp("faults"))
-    r = run_dcb("backup", "-q", "--db", "functions_db", "--volume", stack.functions_volume,
-                "--config", str(cfg))
-    assert r.code == 0, r.err
-    set_id = r.out.strip()
-    stack.psql("functions_db", "DELETE FROM invocations WHERE id > 1000")
-    backend = stack.client.containers.get(stack.backend_container)
-    assert backend.exec_run(["sh", "-c", "echo new > /data/functions/new.txt && "
-                                         "rm -rf /data/functions/hello"]).exit_code == 0
-    try:
-        yield cfg, set_id, state(stack)
-    finally:
-        release_undo_points(stack)
-        for name in (stack.postgres_container, stack.backend_container):
-            c = stack.client.containers.get(name)
-            if c.status != "running":
-                c.start()
-        r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(cfg))
-        assert r.code == 0, r.err + r.out
+    """Every test starts from (and must end in) the changed state."""
+    with changed_after_backup(stack, tmp_path_factory.mktemp("faults"), keep_rows=1000,
+                              new_file="new.txt") as made:
+        yield made
 
 
 def staged_dumps(stack: TestStack) -> list[str]:

@@ -33,14 +33,9 @@ import pytest
 
 from tests.conftest import BIN, run_dcb
 from tests.faults import kit
-from tests.stackkit import TestStack, release_undo_points
+from tests.stackkit import TestStack, changed_after_backup, functions_state, release_undo_points
 
 SEEDS = kit.count("RESTORE_SEEDS", 5, 50)
-
-
-def _state(stack: TestStack) -> dict[str, Any]:
-    return {"functions_db": stack.table_digest("functions_db"),
-            "functions_data": stack.volume_listing(stack.functions_volume)}
 
 
 def _staged(stack: TestStack) -> list[str]:
@@ -66,28 +61,9 @@ def _backend(stack: TestStack) -> str:
 @pytest.fixture(scope="module")
 def changed(stack: TestStack, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[Path, str, dict[str, Any]]]:
-    """A set of functions_db and the functions volume, then both changed; the stack is put
-    back afterwards."""
-    cfg = stack.write_config(tmp_path_factory.mktemp("kill-restore"))
-    r = run_dcb("backup", "-q", "--db", "functions_db", "--volume", stack.functions_volume,
-                "--config", str(cfg))
-    assert r.code == 0, r.err
-    set_id = r.out.strip()
-    stack.psql("functions_db", "DELETE FROM invocations WHERE id > 500")
-    backend = stack.client.containers.get(stack.backend_container)
-    assert backend.exec_run(["sh", "-c", "echo changed > /data/functions/changed.txt && "
-                                         "rm -rf /data/functions/hello"]).exit_code == 0
-    try:
-        yield cfg, set_id, _state(stack)
-    finally:
-        release_undo_points(stack)
-        for name in (stack.postgres_container, stack.backend_container):
-            c = stack.client.containers.get(name)
-            if c.status != "running":
-                c.start()
-        r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(cfg))
-        assert r.code == 0, r.err + r.out
-        release_undo_points(stack)
+    with changed_after_backup(stack, tmp_path_factory.mktemp("kill-restore"), keep_rows=500,
+                              new_file="changed.txt") as made:
+        yield made
 
 
 def _restore(cfg: Path, set_id: str, stack: TestStack, err: Path) -> subprocess.Popen[bytes]:
@@ -114,11 +90,11 @@ def test_kill_9_at_random_points_of_a_restore(stack: TestStack, tmp_path: Path,
     p = _restore(cfg, set_id, stack, tmp_path / "whole.err")
     assert p.wait(300) == 0, (tmp_path / "whole.err").read_text()
     whole = time.monotonic() - t0
-    restored = _state(stack)
+    restored = functions_state(stack)
     assert restored != before
     (rid,) = _incidents(cfg)
     _undo(cfg, rid)
-    assert _state(stack) == before
+    assert functions_state(stack) == before
     release_undo_points(stack)
 
     landed: collections.Counter[str] = collections.Counter()
@@ -145,7 +121,7 @@ def test_kill_9_at_random_points_of_a_restore(stack: TestStack, tmp_path: Path,
         if not new:
             landed["before the restore started"] += 1
             assert code == -signal.SIGKILL, where
-            assert _state(stack) == before, where
+            assert functions_state(stack) == before, where
         else:
             ((rid, log),) = new.items()
             report = log["report"]
@@ -153,7 +129,7 @@ def test_kill_9_at_random_points_of_a_restore(stack: TestStack, tmp_path: Path,
                 finished += 1
                 landed["after it finished"] += 1
                 assert not report.get("cancelled"), where
-                assert _state(stack) == restored, where  # reported finished: it is
+                assert functions_state(stack) == restored, where  # reported finished: it is
             else:
                 assert code == -signal.SIGKILL, (where, code, err.read_text())
                 assert report["finished"] is False, where
@@ -167,7 +143,7 @@ def test_kill_9_at_random_points_of_a_restore(stack: TestStack, tmp_path: Path,
         while _leftovers(stack) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _leftovers(stack) == [], where
-        assert _state(stack) == before, where
+        assert functions_state(stack) == before, where
         release_undo_points(stack)
     kit.figure("kill -9 at random points of a restore",
                f"{SEEDS} seeds (base {kit.SEED_BASE}) over a {whole:.1f}s restore: every one "
