@@ -15,7 +15,6 @@ a run killed with SIGKILL still shows where it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -44,7 +43,14 @@ from dcb.services.pg_objects import (
     parse_globals,
     roles_script,
 )
-from dcb.services.progress import ByteMeter, LogLine, StageFailed, StageFinished, StageStarted
+from dcb.services.progress import (
+    ByteMeter,
+    LogLine,
+    StageFailed,
+    StageFinished,
+    StageStarted,
+    null_reporter,
+)
 from dcb.services.psql_guard import OLD_PSQL
 from dcb.services.restore_model import (
     RestoreError,
@@ -354,34 +360,6 @@ def read_through(run: RestoreRun, a: Artifact) -> tuple[Listing, str]:
     return listing, digest
 
 
-class _Hashed:
-    """The stored file, SHA-256 hashed as it is read (before decryption and decompression)."""
-
-    def __init__(self, path: Path) -> None:
-        # Never through a symlink: a set's files are input (services/artifacts.py).
-        self.f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        b: bytes = self.f.read(n)
-        self.sha.update(b)
-        return b
-
-    def readinto(self, buf: Any) -> int:
-        b = self.read(len(buf))
-        buf[:len(b)] = b
-        return len(b)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> str:
-        """Hash what the extraction did not need (padding, trailers); the digest."""
-        while self.read(CHUNK):
-            pass
-        return self.sha.hexdigest()
-
-
 def stage_archive(run: RestoreRun, a: Artifact, dest: Path, validated: Listing | None,
                   meter: ByteMeter) -> Listing:
     """Extract a volume's archive into the empty staging directory ``dest`` in one read of
@@ -394,14 +372,16 @@ def stage_archive(run: RestoreRun, a: Artifact, dest: Path, validated: Listing |
     tar: twice the hashing and decompression, and every byte through the page cache, which
     on a 2-core VM cost more CPU than PostgreSQL's replay running beside it (bench/README.md).
     """
-    from dcb.services.restore import _decompressed
+    from dcb.services.restore import _decompressed, _HashingReader
 
     path = run.plan.set.path / a.file
     if path.is_symlink():
         raise RestoreError(f"set {run.plan.set.id} failed validation: {a.file}: a symlink: "
                            "refused", hint="nothing live was changed; pick another set")
     expected = a.sha256 or run.plan.digests.get(a.name)
-    raw = _Hashed(path)
+    # The stored bytes hashed (before decryption and decompression); progress is counted on
+    # the decompressed side.
+    raw = _HashingReader(path, ByteMeter(a.file, null_reporter, None), run.cancel)
     try:
         plain: Any = open_decrypted_from(raw, a.file) if is_encrypted(path) else raw
         try:
@@ -415,7 +395,8 @@ def stage_archive(run: RestoreRun, a: Artifact, dest: Path, validated: Listing |
             except (DcbError, OSError, EOFError, zstandard.ZstdError) as e:
                 why = getattr(e, "message", None) or str(e)
                 try:
-                    digest = raw.drain()
+                    raw.drain()
+                    digest: str | None = raw.hexdigest()
                 except (OSError, DcbError):
                     digest = None
                 if expected is not None and digest is not None and digest != expected:
@@ -431,7 +412,8 @@ def stage_archive(run: RestoreRun, a: Artifact, dest: Path, validated: Listing |
         finally:
             if plain is not raw:
                 plain.close()
-        digest = raw.drain()
+        raw.drain()
+        digest = raw.hexdigest()
     finally:
         raw.f.close()
     if expected is not None and digest != expected:
