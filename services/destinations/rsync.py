@@ -5,7 +5,9 @@ Host-key checking is always on against ``known_hosts`` (``StrictHostKeyChecking=
 unknown or changed key is refused), authentication only by ``identity_file`` (``BatchMode``:
 never a password prompt; no secret on any command line). A set is sent into
 ``.incoming-<id>`` (rsync without ``--partial``: an interrupted file never keeps a final
-name), checked there with ``sha256sum``, then renamed into place with ``mv -T``.
+name), checked there with ``sha256sum``, then renamed into place with ``mv -T``; a failed
+copy (a full disk: "no space left", never retried) is removed at once, one a killed run left
+at the start of the next round.
 Connection failures are retried with backoff; a host-key refusal is not.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from dcb.services.destinations.base import (
     MAX_MANIFEST_BYTES,
+    NO_SPACE_RE,
     Destination,
     SetFile,
     Transfer,
@@ -94,6 +97,11 @@ class RsyncDestination(Destination):
                                  "changed: refused",
                                  hint=f"check the key and put it in {self.dcfg.known_hosts} "
                                       "(ssh-keyscan, verified out of band)")
+            if NO_SPACE_RE.search(ran.output):  # permanent: never retried
+                raise self.error(f"{doing}: no space left on device at {self.remote}:"
+                                 f"{self.path} (exit {ran.code})",
+                                 hint="free space there; the partial copy is removed and "
+                                      "the next `dcb replicate` sends it again")
             # ssh's 255 and rsync's connection/timeout codes are worth another try.
             transient = ran.code in (255, 10, 12, 30, 35)
             if not transient or attempt == self.dcfg.retries:
@@ -148,6 +156,10 @@ class RsyncDestination(Destination):
         except BaseException:
             self._ssh(f"rm -rf {qt}", f"cleaning up {set_id}", check=False)
             raise
+
+    def sweep(self) -> None:
+        self._ssh(f"cd {shlex.quote(self.path)} 2>/dev/null || exit 0; "
+                  "rm -rf -- .incoming-* .deleting-*", "removing interrupted copies")
 
     def read_manifest(self, set_id: str) -> bytes:
         p = shlex.quote(f"{self.path}/{set_id}/{MANIFEST}")
