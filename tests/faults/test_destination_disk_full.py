@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BIN, Result, run_dcb
 from tests.faults import kit
@@ -88,6 +89,14 @@ def _refused_from(cfg: Path, name: str, set_id: str) -> None:
         assert "Traceback" not in r.err
 
 
+def _failing(cfg: Path) -> dict[str, float]:
+    """``dcb_replication_failing`` per destination, from ``dcb metrics``."""
+    r = run_dcb("metrics", "--config", str(cfg))
+    assert r.code == 0, r.err
+    return {s.labels["destination"]: s.value for fam in text_string_to_metric_families(r.out)
+            if fam.name == "dcb_replication_failing" for s in fam.samples}
+
+
 @pytest.fixture
 def mounts(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     with tmpfs(tmp_path / "tiny", "size=256k,mode=0700") as tiny, \
@@ -139,6 +148,7 @@ def test_local_destination_disk_full(tmp_path: Path, mounts: tuple[Path, Path]) 
     ck = run_dcb("check", "--config", str(cfg))
     assert ck.code != 0 and "replication to small failed" in ck.out \
         and "replication to tiny failed" in ck.out and "no space left" in ck.out.lower(), ck.out
+    assert _failing(cfg) == {"tiny": 1, "small": 1, "big": 0}
 
     # Space freed: the next round sends what is missing, and nothing temporary is left.
     subprocess.run(["mount", "-o", "remount,size=4m", str(tiny)], check=True)
@@ -149,6 +159,7 @@ def test_local_destination_disk_full(tmp_path: Path, mounts: tuple[Path, Path]) 
     assert _temps(tiny) == [] and _temps(small) == []
     ck = run_dcb("check", "--config", str(cfg))
     assert "failed" not in ck.out, ck.out
+    assert _failing(cfg) == {"tiny": 0, "small": 0, "big": 0}
 
     # A run killed in the middle of a copy leaves its temporary directory; the next round
     # sweeps it though that set is gone locally meanwhile (pruned) and not sent again.
