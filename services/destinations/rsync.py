@@ -23,6 +23,7 @@ from dcb.services.destinations.base import (
     MAX_MANIFEST_BYTES,
     NO_SPACE_RE,
     Destination,
+    DestinationError,
     SetFile,
     Transfer,
     last_line,
@@ -140,6 +141,16 @@ class RsyncDestination(Destination):
             try:
                 self._run(self._rsync(f"--files-from={list_file}", f"{set_dir}/",
                                       f"{self.remote}:{tmp}/"), f"sending {set_id}", transfer)
+            except DestinationError as e:
+                # rsync's own "No space left" line does not always reach us (seen under
+                # load: only "exit 11" and the progress); the remote disk says it instead.
+                need = sum(f.size_bytes for f in files)
+                free = None if "no space left" in e.message else self._free_bytes(tmp)
+                if free is not None and free < need:
+                    raise self.error(f"sending {set_id}: no space left on device at "
+                                     f"{self.remote}:{self.path} ({free} bytes free, the set "
+                                     f"needs {need})", hint=e.hint) from None
+                raise
             finally:
                 list_file.unlink(missing_ok=True)
             out = self._ssh(f"cd {qt} && sha256sum -- "
@@ -156,6 +167,16 @@ class RsyncDestination(Destination):
         except BaseException:
             self._ssh(f"rm -rf {qt}", f"cleaning up {set_id}", check=False)
             raise
+
+    def _free_bytes(self, where: str) -> int | None:
+        """Free bytes on the remote filesystem holding ``where`` (None: unknown)."""
+        out = self._ssh(f"df -Pk {shlex.quote(where)} | tail -n 1", "checking free space",
+                        check=False)
+        fields = out.split()
+        try:
+            return int(fields[3]) * 1024
+        except (IndexError, ValueError):
+            return None
 
     def sweep(self) -> None:
         self._ssh(f"cd {shlex.quote(self.path)} 2>/dev/null || exit 0; "
