@@ -5,7 +5,8 @@ With ``DCB_TEST_HOLD=<point>:<file>`` in the environment, a run reaching ``<poin
 ``<file>`` and waits while it exists (or until the run is cancelled). Without the variable a
 hold point costs one dictionary lookup. Points: ``validate``, ``undo-point``, ``volume``,
 ``database``, ``swap``, ``verify``; in a backup, ``backup-app-stopped`` (a volume's users
-stopped, its archive started).
+stopped, its archive started); in a replication to a local destination, ``replicate-copy``
+(a file's first MiB written).
 """
 
 from __future__ import annotations

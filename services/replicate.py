@@ -331,6 +331,7 @@ def _to_destination(cfg: Config, name: str, sets: Sequence[BackupSet], ledger: L
     dest: Destination | None = None
     try:
         dest = open_destination(cfg, name)
+        dest.sweep()
         present = dest.list_sets()
         if present is not None:
             ledger.sync(name, present)

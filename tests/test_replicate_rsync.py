@@ -143,6 +143,14 @@ def test_interrupted_transfer_leaves_no_file_under_its_final_name(tmp_path: Path
     assert not (remote / set_id).exists()
     for f in remote.rglob("volume-big.tar.zst"):
         raise AssertionError(f"a partial file under its final name was left: {f}")
+    # The next round sweeps what the killed one left, even with that set gone locally
+    # meanwhile (pruned: never sent again).
+    assert incoming.is_dir()
+    aside = tmp_path / "aside"
+    (tmp_path / "backups" / set_id).rename(aside)
+    r = run_dcb("replicate", "--all", "--config", str(cfg))
+    assert r.code == 0 and not incoming.exists(), r.err
+    aside.rename(tmp_path / "backups" / set_id)
     # The next run sends the set whole.
     r = run_dcb("replicate", "--all", "--config", str(cfg))
     assert r.code == 0, r.err

@@ -136,6 +136,10 @@ def run_bounded(argv: Sequence[str], timeout: float, cancel: threading.Event | N
     return Ran(p.returncode, out)
 
 
+NO_SPACE_RE = re.compile(r"No space left on device|Disk quota exceeded", re.I)
+"""What a full disk (ENOSPC) or a full quota (EDQUOT) says, in any tool's output."""
+
+
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
@@ -185,6 +189,12 @@ class Destination(ABC):
     @abstractmethod
     def delete_set(self, set_id: str) -> None:
         """Remove a copy; its manifest goes first, so a half-deleted copy is never listed."""
+
+    def sweep(self) -> None:
+        """Remove what an interrupted copy left under a temporary name (a killed run, a disk
+        that filled up): called once per round, under the replicate lock, before any copy, so
+        a partial copy never keeps eating the space the next one needs."""
+        return None
 
     def close(self) -> None:
         return None

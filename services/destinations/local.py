@@ -1,6 +1,8 @@
 """``type = "local"``: a directory (a second disk, a NAS mount). A set is copied into
 ``.incoming-<id>`` beside its final place, every file fsynced and read back against its
-SHA-256, then the directory is renamed into place: a copy is whole or absent."""
+SHA-256, then the directory is renamed into place: a copy is whole or absent. A copy that
+fails (a full disk) removes its temporary directory; one a killed run left is swept at the
+start of the next round. One host replicates into a directory (as with retention)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from dcb.services import faults
+from dcb.services import formatting as fmt
 from dcb.services.artifacts import CHUNK, fsync_dir, private_dirs, sha256_file
 from dcb.services.destinations.base import (
     MAX_MANIFEST_BYTES,
@@ -22,6 +26,9 @@ from dcb.services.destinations.base import (
     manifest_last,
 )
 from dcb.services.store import DIR_MODE, MANIFEST, SET_ID_RE
+
+TEMP_PREFIXES = (".incoming-", ".deleting-")
+"""Names a copy or a removal has while under way (never listed: not set ids)."""
 
 
 class LocalDestination(Destination):
@@ -62,10 +69,31 @@ class LocalDestination(Destination):
             os.rename(tmp, final)
             fsync_dir(self.root)
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                need = sum(f.size_bytes for f in files)
+                raise self.error(f"no space left on device at {self.root} for set {set_id} "
+                                 f"({fmt.size(need)}); the partial copy was removed",
+                                 hint="free space there; the next `dcb replicate` sends it "
+                                      "again") from None
             raise self.error(f"cannot write {self.root}: {e.strerror}") from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def sweep(self) -> None:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise self.error(f"cannot list {self.root}: {e.strerror}") from None
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIXES):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _copy(self, src: Path, dst: Path, f: SetFile, transfer: Transfer) -> None:
         h = hashlib.sha256()
@@ -78,6 +106,8 @@ class LocalDestination(Destination):
                 w.write(b)
                 n += len(b)
                 transfer.add(len(b))
+                if n == len(b):
+                    faults.hold("replicate-copy", transfer.cancel)
             w.flush()
             os.fsync(w.fileno())
         if n != f.size_bytes or (f.sha256 and h.hexdigest() != f.sha256):

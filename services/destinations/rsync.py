@@ -5,7 +5,9 @@ Host-key checking is always on against ``known_hosts`` (``StrictHostKeyChecking=
 unknown or changed key is refused), authentication only by ``identity_file`` (``BatchMode``:
 never a password prompt; no secret on any command line). A set is sent into
 ``.incoming-<id>`` (rsync without ``--partial``: an interrupted file never keeps a final
-name), checked there with ``sha256sum``, then renamed into place with ``mv -T``.
+name), checked there with ``sha256sum``, then renamed into place with ``mv -T``; a failed
+copy (a full disk: "no space left", never retried) is removed at once, one a killed run left
+at the start of the next round.
 Connection failures are retried with backoff; a host-key refusal is not.
 """
 
@@ -19,7 +21,9 @@ from pathlib import Path
 
 from dcb.services.destinations.base import (
     MAX_MANIFEST_BYTES,
+    NO_SPACE_RE,
     Destination,
+    DestinationError,
     SetFile,
     Transfer,
     last_line,
@@ -94,6 +98,11 @@ class RsyncDestination(Destination):
                                  "changed: refused",
                                  hint=f"check the key and put it in {self.dcfg.known_hosts} "
                                       "(ssh-keyscan, verified out of band)")
+            if NO_SPACE_RE.search(ran.output):  # permanent: never retried
+                raise self.error(f"{doing}: no space left on device at {self.remote}:"
+                                 f"{self.path} (exit {ran.code})",
+                                 hint="free space there; the partial copy is removed and "
+                                      "the next `dcb replicate` sends it again")
             # ssh's 255 and rsync's connection/timeout codes are worth another try.
             transient = ran.code in (255, 10, 12, 30, 35)
             if not transient or attempt == self.dcfg.retries:
@@ -132,6 +141,16 @@ class RsyncDestination(Destination):
             try:
                 self._run(self._rsync(f"--files-from={list_file}", f"{set_dir}/",
                                       f"{self.remote}:{tmp}/"), f"sending {set_id}", transfer)
+            except DestinationError as e:
+                # rsync's own "No space left" line does not always reach us (seen under
+                # load: only "exit 11" and the progress); the remote disk says it instead.
+                need = sum(f.size_bytes for f in files)
+                free = None if "no space left" in e.message else self._free_bytes(tmp)
+                if free is not None and free < need:
+                    raise self.error(f"sending {set_id}: no space left on device at "
+                                     f"{self.remote}:{self.path} ({free} bytes free, the set "
+                                     f"needs {need})", hint=e.hint) from None
+                raise
             finally:
                 list_file.unlink(missing_ok=True)
             out = self._ssh(f"cd {qt} && sha256sum -- "
@@ -148,6 +167,20 @@ class RsyncDestination(Destination):
         except BaseException:
             self._ssh(f"rm -rf {qt}", f"cleaning up {set_id}", check=False)
             raise
+
+    def _free_bytes(self, where: str) -> int | None:
+        """Free bytes on the remote filesystem holding ``where`` (None: unknown)."""
+        out = self._ssh(f"df -Pk {shlex.quote(where)} | tail -n 1", "checking free space",
+                        check=False)
+        fields = out.split()
+        try:
+            return int(fields[3]) * 1024
+        except (IndexError, ValueError):
+            return None
+
+    def sweep(self) -> None:
+        self._ssh(f"cd {shlex.quote(self.path)} 2>/dev/null || exit 0; "
+                  "rm -rf -- .incoming-* .deleting-*", "removing interrupted copies")
 
     def read_manifest(self, set_id: str) -> bytes:
         p = shlex.quote(f"{self.path}/{set_id}/{MANIFEST}")

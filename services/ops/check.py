@@ -15,7 +15,8 @@ Conditions, each a ``Finding``:
 - ``duration`` / ``size``: the last backup took more than ``duration_factor`` times the median
   of the last ``baseline_runs`` complete runs of the same scope, or its size moved by more than
   ``size_factor`` either way: WARNING (needs 3 earlier runs).
-- ``replication``: a destination's lag above ``replication_lag_hours``: WARNING.
+- ``replication``: a destination's lag above ``replication_lag_hours``, or its last round
+  failed (the ledger's last error): WARNING.
 - ``stopped``: a container dcb stopped and a killed run never started again: CRITICAL.
 - ``permissions``: the backup store open to other users (files others may read,
   directories others may change): WARNING.
@@ -237,11 +238,24 @@ def _anomalies(cfg: Config, history: Sequence[dict[str, Any]]) -> list[Finding]:
     return out
 
 
-def _replication(cfg: Config, lags: Sequence[tuple[str, float | None]]) -> list[Finding]:
+def replication_errors(cfg: Config) -> dict[str, str]:
+    """Destinations whose last round failed (a full disk, unreachable...): their error, from
+    the ledger; a round that succeeds clears it."""
+    from dcb.services.replicate import destination_states
+
+    return {d.name: d.last_error for d in destination_states(cfg) if d.last_error}
+
+
+def _replication(cfg: Config, lags: Sequence[tuple[str, float | None]],
+                 errors: dict[str, str] | None = None) -> list[Finding]:
     limit = cfg.check.replication_lag_hours * 3600
     out = []
     for name, lag in lags:
-        if lag is None:
+        if errors and name in errors:
+            behind = "nothing copied yet" if lag is None else f"lags {span(lag)}"
+            out.append(Finding("replication", WARNING, f"replication to {name} failed "
+                               f"({behind}): {errors[name][:160]}"))
+        elif lag is None:
             out.append(Finding("replication", WARNING, f"nothing replicated to {name} yet"))
         elif lag > limit:
             out.append(Finding("replication", WARNING,
@@ -301,7 +315,8 @@ def run_check(cfg: Config, now: datetime | None = None, *, heartbeat: bool = Tru
         if hb is not None:
             findings.append(hb)
     findings.extend(_anomalies(cfg, history))
-    findings.extend(_replication(cfg, replication_lags(cfg, now) if lags is None else lags))
+    findings.extend(_replication(cfg, replication_lags(cfg, now), replication_errors(cfg))
+                    if lags is None else _replication(cfg, lags))
     findings.extend(_left_behind(cfg))
     if with_coverage:
         findings.append(_coverage(cfg))

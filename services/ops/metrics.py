@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from dcb.services.backup import read_history
 from dcb.services.config import Config
 from dcb.services.disk import disk_usage
-from dcb.services.ops.check import replication_lags, run_check
+from dcb.services.ops.check import replication_errors, replication_lags, run_check
 from dcb.services.ops.heartbeat import read_state
 from dcb.services.store import BackupStore
 
@@ -155,9 +155,15 @@ class DcbCollector(Collector):
         lag = GaugeMetricFamily("dcb_replication_lag_seconds",
                                 "Age of each destination's newest copy (-1: none yet)",
                                 labels=["destination"])
+        failing = GaugeMetricFamily("dcb_replication_failing",
+                                    "1 when the last round to a destination failed (a full "
+                                    "disk, unreachable...)", labels=["destination"])
+        errors = replication_errors(cfg)
         for name, seconds in replication_lags(cfg, now):
             lag.add_metric([name], -1 if seconds is None else seconds)
+            failing.add_metric([name], 1 if name in errors else 0)
         yield lag
+        yield failing
 
         up = GaugeMetricFamily("dcb_schedule_up",
                                "1 when the schedule daemon's heartbeat is fresh")

@@ -9,7 +9,12 @@ secrets given the ways dcb takes them:
 - while the commands run, every process's argv (``/proc/*/cmdline``, which on this host shows
   the processes in the containers too) is sampled, and the helper container is inspected;
 - afterwards every byte dcb wrote (store, state, history, replicas in the bucket and the
-  local copy), its output, and the notification received.
+  local copy), its output, and the notification received;
+- the console on the same configuration (plus a destination that fails, for its error and the
+  check's banner), driven with Pilot through every screen (dashboard, help, set details,
+  objectives, history, disk usage, the Docker view and an item, prune, verify, deep verify,
+  replicate, backup, the restore wizard's scope, checks and plan, the command palette): each
+  screenshot holds no canary, whole or any 8 characters of it.
 
 Every path dcb created is 0600/0700 though the umask would give 0644/0755; a backup dir that
 already exists open to others is reported by ``dcb status`` and ``dcb check``.
@@ -18,14 +23,16 @@ already exists open to others is reported by ``dcb status`` and ``dcb check``.
 from __future__ import annotations
 
 import contextlib
+import html
 import os
+import re
 import secrets
 import signal
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +41,31 @@ import boto3
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from textual.command import CommandPalette
+from textual.widgets import Button
 
 from dcb.services import encryption
+from dcb.services.config import load_config
 from dcb.services.drill import DRILL_LABEL
+from dcb.tui.app import DcbApp
+from dcb.tui.screens.common import HelpScreen
+from dcb.tui.screens.dashboard import DashboardScreen
+from dcb.tui.screens.docker_du import DockerItemScreen
+from dcb.tui.screens.du import DuScreen
+from dcb.tui.screens.history import HistoryScreen
+from dcb.tui.screens.objectives import ObjectivesScreen
+from dcb.tui.screens.restore import RestoreWizard
+from dcb.tui.screens.tasks import (
+    BackupScopeScreen,
+    BackupScreen,
+    PruneScreen,
+    ReplicateScreen,
+    SetDetailScreen,
+    VerifyScreen,
+)
+from dcb.widgets.backups_table import BackupsTable
+from dcb.widgets.docker_usage import DockerUsageView
+from dcb.widgets.status_panes import AlertBanner
 from tests.conftest import BIN, run_dcb
 from tests.faults import kit
 from tests.replkit import free_port, moto_server
@@ -64,6 +93,7 @@ class Secured:
     mails: list[bytes] = field(default_factory=list)
     bucket_objects: dict[str, bytes] = field(default_factory=dict)
     created: list[Path] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class ArgvSampler:
@@ -152,8 +182,10 @@ def secured(stack: TestStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
     age_secret = next(line for line in identity.read_text().splitlines()
                       if line.startswith("AGE-SECRET-KEY-"))
     canaries = {"PostgreSQL password": stack.password,
-                "S3 secret key": "s3canary" + secrets.token_hex(12),
-                "SMTP password": "smtpcanary" + secrets.token_hex(12),
+                # Random from the first character: a form masked but for its first few
+                # characters must show a secret part.
+                "S3 secret key": secrets.token_hex(16),
+                "SMTP password": secrets.token_hex(16),
                 "age identity": age_secret}
     mails: list[bytes] = []
     with moto_server() as endpoint, smtp_server(canaries["SMTP password"], mails) as port:
@@ -179,7 +211,7 @@ def secured(stack: TestStack, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                        "request_checksum_calculation": "when_required"},
                "replication.near": {"type": "local", "path": str(replica)},
                "notify": {"urls_file": str(urls)}})
-        sec = Secured(cfg, where / "backups", replica, canaries, mails=mails)
+        sec = Secured(cfg, where / "backups", replica, canaries, mails=mails, env=env)
         with umask(0o022), ArgvSampler(sec.argv_seen):
             run = Run(base, "backup", cfg, env=env)
             try:
@@ -305,3 +337,158 @@ def test_drill_sandboxes_are_confined(secured: Secured) -> None:
         assert "no-new-privileges" in (hc["SecurityOpt"] or []) and not hc["Privileged"]
         env = dict(e.split("=", 1) for e in i["Config"]["Env"] or [])
         assert env.get("POSTGRES_PASSWORD") != secured.canaries["PostgreSQL password"]
+
+
+# -- the console ----------------------------------------------------------------------------
+SCREEN_TEXT_RE = re.compile(r'<text[^>]*clip-path="url\(#[^"]*-line-(\d+)\)"[^>]*>(.*?)</text>',
+                            re.S)
+NOT_SECRET = "AGE-SECRET-KEY-1"
+"""The age identity's fixed beginning (the other canaries are random throughout)."""
+
+
+def screen_text(svg: str) -> str:
+    """The characters of a console screenshot (Textual's SVG export), line by line."""
+    lines: dict[int, list[str]] = {}
+    for m in SCREEN_TEXT_RE.finditer(svg):
+        lines.setdefault(int(m.group(1)), []).append(html.unescape(m.group(2)))
+    return "\n".join("".join(lines[i]) for i in sorted(lines)).replace("\xa0", " ")
+
+
+def _screen_leaks(secured: Secured, screen: str, svg: str) -> list[str]:
+    """A canary in the screenshot, whole or any 8 characters of its secret part (a form
+    masked but for its first or last characters, or cut off by a column)."""
+    text = screen_text(svg)
+    out = []
+    for name, value in secured.canaries.items():
+        secret = value.removeprefix(NOT_SECRET)
+        pieces = {secret[i:i + 8] for i in range(len(secret) - 7)}
+        if value in svg or value in text:
+            out.append(f"{name} on the {screen} screen")
+        elif hit := next((p for p in sorted(pieces) if p in text), None):
+            out.append(f"8 characters of the {name} ({hit!r}) on the {screen} screen")
+    return out
+
+
+async def test_canary_secrets_on_no_console_screen(secured: Secured, stack: TestStack,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console on the same canary configuration (secrets in its environment and 0600
+    files), plus a destination that fails (its error and the check's banner on screen),
+    driven through every screen; each one's screenshot is scanned."""
+    for k, v in secured.env.items():
+        monkeypatch.setenv(k, v)
+    cfg_path = tmp_path / "dcb.toml"
+    cfg_path.write_text(secured.cfg.read_text() + '\n[replication.broken]\ntype = "s3"\n'
+                        f'bucket = "gone"\nendpoint_url = "http://127.0.0.1:{free_port()}"\n'
+                        'region = "us-east-1"\nretries = 1\n')
+    cfg = load_config(str(cfg_path))
+    app = DcbApp(cfg)
+    shots: dict[str, str] = {}
+    encryption.use_config(cfg)  # as `dcb` does before it starts the console
+    try:
+        await _drive_console(app, stack, shots)
+    finally:
+        encryption.use_identity_file(None)
+
+    leaks = [leak for name, svg in shots.items() for leak in _screen_leaks(secured, name, svg)]
+    assert not leaks, "\n".join(leaks)
+    # The screens showed what they are for (the scan is not vacuous).
+    text = {name: screen_text(svg) for name, svg in shots.items()}
+    assert stack.postgres_container in text["dashboard"]
+    assert "broken" in text["replicate"] and "127.0.0.1" in text["replicate"]
+    assert "offsite" in text["dashboard"] and "replication to broken" in \
+        text["dashboard with alerts"]
+    assert "dart_cloud" in text["restore: plan"]
+    kit.figure("security", f"4 canary secrets, whole or any 8 characters of them, on none of "
+                           f"{len(shots)} console screenshots ({', '.join(shots)})")
+
+
+async def _drive_console(app: DcbApp, stack: TestStack, shots: dict[str, str]) -> None:
+    """Every screen of the console, each one's screenshot kept in ``shots``."""
+    async with app.run_test(size=(160, 48)) as pilot:
+
+        async def until(what: str, ready: Callable[[], bool], timeout: float = 120) -> None:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s " \
+                                                    f"(on {app.screen!r})"
+                await pilot.pause(0.05)
+
+        async def open_(name: str, keys: tuple[str, ...], kind: type[Any],
+                        ready: Callable[[Any], bool] = lambda s: True) -> Any:
+            await pilot.press(*keys)
+            await until(name, lambda: isinstance(app.screen, kind) and ready(app.screen))
+            await pilot.pause(0.1)
+            shots[name] = app.export_screenshot()
+            return app.screen
+
+        async def dashboard() -> None:
+            while not isinstance(app.screen, DashboardScreen):
+                await pilot.press("escape")
+                await pilot.pause(0.1)
+
+        def dash() -> DashboardScreen:
+            s = app.screen
+            assert isinstance(s, DashboardScreen)
+            return s
+
+        def task_done(s: Any) -> bool:
+            return not s.running and bool(str(s.query_one("#task-result").render()).strip())
+
+        await open_("dashboard", (), DashboardScreen, lambda s: s.overview is not None
+                    and s.status is not None and s.check is not None
+                    and s.query_one(BackupsTable).row_count >= 1)
+        await open_("help", ("question_mark",), HelpScreen)
+        await dashboard()
+        await open_("set details", ("enter",), SetDetailScreen)
+        await dashboard()
+        await open_("recovery objectives", ("o",), ObjectivesScreen)
+        await dashboard()
+        await open_("history", ("h",), HistoryScreen, lambda s: s.stats is not None)
+        await dashboard()
+        await open_("disk usage", ("d",), DuScreen,
+                    lambda s: s.generation > 0 and not s.scanning)
+        await dashboard()
+
+        def docker_loaded(s: Any) -> bool:
+            return bool(s.query(DockerUsageView)) and \
+                s.query_one(DockerUsageView).report is not None
+
+        view = (await open_("Docker disk usage", ("D",), DuScreen, docker_loaded)
+                ).query_one(DockerUsageView)
+        pg = next(i for i in view.table.items
+              if i.kind == "container" and i.name == stack.postgres_container)
+        app.push_screen(DockerItemScreen(pg))
+        await open_("Docker item (the PostgreSQL container)", (), DockerItemScreen)
+        await dashboard()
+        await open_("prune", ("p",), PruneScreen, lambda s: s.plan is not None)
+        await dashboard()
+        await open_("verify", ("v",), VerifyScreen, task_done)
+        await dashboard()
+        await open_("deep verify", ("V",), VerifyScreen, task_done)
+        await dashboard()
+        await open_("replicate", ("R",), ReplicateScreen, task_done)
+        await dashboard()
+        await until("the failed destination in the banner",
+                    lambda: "replication to broken failed" in str(
+                        dash().query_one(AlertBanner).render()))
+        await open_("dashboard with alerts", (), DashboardScreen)
+        await open_("backup scope", ("b",), BackupScopeScreen)
+        await pilot.press("down", "enter")  # databases only
+        await pilot.click("#start")
+        await open_("backup", (), BackupScreen, task_done)
+        await dashboard()
+        wizard = await open_("restore: scope", ("r",), RestoreWizard)
+        await pilot.click("#scope-next")
+        await open_("restore: checks", (), RestoreWizard, lambda s: s.plan is not None
+                    or s.query_one("#checklist").has_class("failed"))
+        assert not wizard.query_one("#checks-next", Button).disabled, \
+            screen_text(shots["restore: checks"])
+        await pilot.click("#checks-next")
+        await open_("restore: plan", (), RestoreWizard, lambda s: s.step == "confirm"
+                    and bool(str(s.query_one("#blast").render()).strip()))
+        assert wizard.step == "confirm" and not wizard.running  # never started
+        await dashboard()
+        await open_("command palette", ("ctrl+p",), CommandPalette)
+        await dashboard()
+        await pilot.press("q")
