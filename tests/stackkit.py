@@ -224,8 +224,11 @@ def wait_for_postgres(client: docker.DockerClient, name: str, timeout: float = 6
         c = client.containers.get(name)
         if c.status != "running":
             raise RuntimeError(f"{name} exited: {c.logs().decode()[-2000:]}")
-        r = c.exec_run(["psql", "-U", "postgres", "-Atc", "select 1"])
-        if r.exit_code == 0:
+        # The entrypoint's first-run server (initdb, POSTGRES_DB) listens on no address and
+        # is stopped again at once: only the final server counts, or what a test creates next
+        # may meet "the database system is shutting down".
+        r = c.exec_run(["psql", "-U", "postgres", "-Atc", "show listen_addresses"])
+        if r.exit_code == 0 and r.output.strip():
             return
         time.sleep(0.3)
     raise TimeoutError(f"PostgreSQL in {name} not ready after {timeout}s")

@@ -105,8 +105,9 @@ def projects(docker_client: docker.DockerClient) -> Iterator[Projects]:
                                "POSTGRES_DB": "legacy"},
                   volumes={old_data: {"bind": "/var/lib/postgresql/data", "mode": "rw"}})
         wait_for_postgres(c, db)
-        c.containers.get(db).exec_run(["psql", "-U", "postgres", "-c",
-                                       "CREATE DATABASE functions_db"])
+        made = c.containers.get(db).exec_run(["psql", "-U", "postgres", "-c",
+                                              "CREATE DATABASE functions_db"])
+        assert made.exit_code == 0, made.output
         yield p
     finally:
         for kind, name in reversed(p.made):
