@@ -139,8 +139,6 @@ def test_psql_meta_commands_in_a_dump_never_run(stack: TestStack, tmp_path: Path
         subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
 
 
-@pytest.mark.xfail(strict=True, reason="the replay runs as the superuser: COPY ... PROGRAM "
-                                       "in a crafted dump runs (issue 12, not yet fixed)")
 def test_copy_program_in_a_dump_never_runs(stack: TestStack, tmp_path: Path,
                                            plain: tuple[Path, Path, str]) -> None:
     cfg, set_dir, set_id = plain
