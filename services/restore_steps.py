@@ -36,7 +36,9 @@ from dcb.services.docker_exec import StepGuard
 from dcb.services.encryption import is_encrypted, open_decrypted_from
 from dcb.services.errors import Cancelled, DcbError, NotFound
 from dcb.services.pg_objects import (
+    DATABASE_STATEMENTS,
     DatabaseProperties,
+    checked_script,
     database_properties,
     fit_identifier,
     ident,
@@ -594,7 +596,7 @@ class DatabaseStep(Step):
         try:
             props = self._properties(run, a, staged, names)
             if props is not None and props.create:
-                pg.run_script("\n".join(props.renamed(tmp).create) + "\n",
+                pg.run_script(_props_script(props.renamed(tmp).create),
                               what=f"creating {tmp} with the database's encoding and locale")
             else:
                 owner = (pg.query(f"SELECT pg_get_userbyid(datdba) FROM pg_database "
@@ -611,7 +613,7 @@ class DatabaseStep(Step):
             finally:
                 role.drop()
             if props is not None and props.after:
-                pg.run_script("\n".join(props.renamed(tmp).after) + "\n",
+                pg.run_script(_props_script(props.renamed(tmp).after),
                               what="restoring the database's settings, comment and grants")
             faults.hold("database", run.cancel)
             if run.stopping():
@@ -1229,6 +1231,13 @@ def _chunks(f: Any, run: RestoreRun, meter: ByteMeter | None = None) -> Iterator
         if meter is not None:
             meter.add(len(b))
         yield b
+
+
+def _props_script(statements: tuple[str, ...]) -> str:
+    """A database's property statements, run as the superuser: from an archive someone else
+    may have written, so only plain statements about the database (pg_objects)."""
+    return checked_script("\n".join(statements) + "\n", DATABASE_STATEMENTS,
+                          "the dump's database properties")
 
 
 def _archive_list(run: RestoreRun, a: Artifact, staged: StagedDump | None) -> str:

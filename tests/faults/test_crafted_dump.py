@@ -139,18 +139,98 @@ def test_psql_meta_commands_in_a_dump_never_run(stack: TestStack, tmp_path: Path
         subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
 
 
-def test_copy_program_in_a_dump_never_runs(stack: TestStack, tmp_path: Path,
-                                           plain: tuple[Path, Path, str]) -> None:
+ATTACKS = {
+    "copy-program": "COPY (SELECT 1) TO PROGRAM 'touch {m}';",
+    "do-execute": "DO $x$ BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', "
+                  "'touch {m}'); END $x$;",
+    "copy-to-file": "COPY (SELECT 1) TO '{m}';",
+    "lo-export": "SELECT lo_export(lo_from_bytea(0, 'x'), '{m}');",
+    "set-role": "SET ROLE postgres; COPY (SELECT 1) TO PROGRAM 'touch {m}';",
+    "session-auth": "RESET SESSION AUTHORIZATION; SET SESSION AUTHORIZATION postgres; "
+                    "COPY (SELECT 1) TO PROGRAM 'touch {m}';",
+    "alter-system": "ALTER SYSTEM SET work_mem = '{m}';",
+}
+
+
+def _replay_roles(stack: TestStack) -> list[str]:
+    return stack.psql("postgres", r"SELECT rolname FROM pg_roles "
+                                  r"WHERE rolname LIKE 'dcb\_replay\_%'").split()
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_superuser_sql_in_a_dump_never_runs(stack: TestStack, tmp_path: Path,
+                                            plain: tuple[Path, Path, str], attack: str) -> None:
     cfg, set_dir, set_id = plain
     copy = tmp_path / "backups" / set_id
     shutil.copytree(set_dir, copy)
     conf = tmp_path / "dcb.toml"
     conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
     marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
-    _rewrite(copy, _append(f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';\n".encode(), False))
-    _code, _err, name = _restore_as(stack, conf, set_id)
+    _rewrite(copy, _append((ATTACKS[attack].format(m=marker) + "\n").encode(), False))
+    before, auto_conf = _databases(stack), _auto_conf(stack)
+    code, err, name = _restore_as(stack, conf, set_id)
     try:
-        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran"
+        assert not _exists_in_pg(stack, marker), f"{attack}: the dump did what only a " \
+                                                 "superuser may"
+        assert _auto_conf(stack) == auto_conf
+        assert code == 1, (code, err)
+        line = error_line(err)
+        assert line.startswith("dcb: restore failed: restoring functions_db failed"), line
+        assert "superuser" in line or "permission denied" in line \
+            or "pg_execute_server_program" in line or "pg_write_server_files" in line, line
+        assert _databases(stack) == before  # nothing live changed, the temporary one gone
+        assert _replay_roles(stack) == []
     finally:
         stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', check=False)
+        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
+def _auto_conf(stack: TestStack) -> bytes:
+    return subprocess.run(["docker", "exec", stack.postgres_container, "cat",
+                           "/var/lib/postgresql/data/postgresql.auto.conf"],
+                          capture_output=True).stdout
+
+
+HOSTILE = r"""
+CREATE FUNCTION pwn() RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  IF current_database() LIKE '%\_\_dcb\_restore' THEN
+    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {m}');
+  END IF;
+  RETURN true;
+END $f$;
+CREATE TABLE guarded (x int CHECK (pwn()));
+INSERT INTO guarded VALUES (1);
+"""
+
+
+@pytest.mark.parametrize("fmt", ["custom", "plain"])
+def test_a_databases_own_functions_cannot_escalate_during_the_replay(
+        stack: TestStack, tmp_path: Path, fmt: str) -> None:
+    """A genuine dump of a hostile database: a CHECK constraint calls a function that runs
+    COPY ... PROGRAM when it finds itself in dcb's temporary database (pg_restore replays
+    the data through it; custom format is pg_restore's path)."""
+    db = "dcbt_hostile_" + secrets.token_hex(3)
+    marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
+    stack.psql("postgres", f"CREATE DATABASE {db}")
+    stack.psql(db, HOSTILE.replace("{m}", marker))
+    name = db + "_as"
+    try:
+        cfg = stack.write_config(tmp_path, stack={"databases": [db]},
+                                 storage={"db_format": fmt})
+        r = run_dcb("backup", "-q", "--db", db, "--config", str(cfg), timeout=300)
+        assert r.code == 0, r.err
+        before = _databases(stack)
+        r = run_dcb("restore", r.out.strip(), "--db", db, "--as", name, "--yes",
+                    "--config", str(cfg), timeout=300)
+        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran"
+        assert r.code == 1, (r.code, r.err)
+        line = error_line(r.err)
+        assert line.startswith(f"dcb: restore failed: restoring {db} failed"), line
+        assert "pg_execute_server_program" in line or "superuser" in line, line
+        assert _databases(stack) == before
+        assert _replay_roles(stack) == []
+    finally:
+        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
+                               f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
         subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
