@@ -595,8 +595,11 @@ class DatabaseStep(Step):
         meter = ByteMeter(f"database {a.name}", run.events, a.source.get("raw_bytes"))
         try:
             props = self._properties(run, a, staged, names)
-            if props is not None and props.create:
-                pg.run_script(_props_script(props.renamed(tmp).create),
+            # Checked before anything is done (they run as the superuser).
+            create = _props_script(props.renamed(tmp).create) if props and props.create else ""
+            after = _props_script(props.renamed(tmp).after) if props and props.after else ""
+            if create:
+                pg.run_script(create,
                               what=f"creating {tmp} with the database's encoding and locale")
             else:
                 owner = (pg.query(f"SELECT pg_get_userbyid(datdba) FROM pg_database "
@@ -612,9 +615,9 @@ class DatabaseStep(Step):
                 role.finish(owners)
             finally:
                 role.drop()
-            if props is not None and props.after:
-                pg.run_script(_props_script(props.renamed(tmp).after),
-                              what="restoring the database's settings, comment and grants")
+            if after:
+                pg.run_script(after, what="restoring the database's settings, comment and "
+                                          "grants")
             faults.hold("database", run.cancel)
             if run.stopping():
                 raise Cancelled("restore cancelled")

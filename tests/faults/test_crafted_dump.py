@@ -53,11 +53,15 @@ def _plain_set(stack: TestStack, where: Path) -> tuple[Path, Path, str]:
     return cfg, where / "backups" / set_id, set_id
 
 
-def _rewrite(set_dir: Path, edit: Callable[[bytes], bytes]) -> None:
-    """Rewrite the dump with ``edit`` and re-sign the manifest, as its author could."""
-    path = set_dir / "db-functions_db.sql.zst"
-    sql = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
-    path.write_bytes(zstandard.ZstdCompressor().compress(edit(sql)))
+def _rewrite(set_dir: Path, edit: Callable[[bytes], bytes],
+             name: str = "db-functions_db.sql.zst") -> None:
+    """Rewrite an artifact with ``edit`` and re-sign the manifest, as its author could."""
+    path = set_dir / name
+    if name.endswith(".zst"):
+        sql = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
+        path.write_bytes(zstandard.ZstdCompressor().compress(edit(sql)))
+    else:
+        path.write_bytes(edit(path.read_bytes()))
     data = path.read_bytes()
     m = json.loads((set_dir / MANIFEST).read_text())
     for a in m["artifacts"]:
@@ -233,4 +237,77 @@ def test_a_databases_own_functions_cannot_escalate_during_the_replay(
     finally:
         stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
                                f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
+        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
+def test_a_crafted_archive_database_entry_never_runs(stack: TestStack, tmp_path: Path) -> None:
+    """The statements about the database itself (comment, settings, grants) are run by dcb as
+    the superuser: an archive whose comment entry smuggles a second statement (written into
+    the custom-format table of contents in place) is refused before anything is done."""
+    db = "dcbt_props_" + secrets.token_hex(3)
+    marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
+    stack.psql("postgres", f"CREATE DATABASE {db}; COMMENT ON DATABASE {db} IS '{'A' * 200}'")
+    name = db + "_as"
+    try:
+        cfg = stack.write_config(tmp_path, stack={"databases": [db]},
+                                 storage={"db_format": "custom"})
+        r = run_dcb("backup", "-q", "--db", db, "--config", str(cfg), timeout=300)
+        assert r.code == 0, r.err
+        set_id = r.out.strip()
+        payload = (f"x'; COPY (SELECT 'DATABASE {db}') TO PROGRAM 'touch {marker}'; "
+                   "SELECT '").encode()
+        payload += b"A" * (200 - len(payload))
+
+        def edit(data: bytes) -> bytes:
+            assert data.count(b"A" * 200) == 1
+            return data.replace(b"A" * 200, payload)
+
+        _rewrite(tmp_path / "backups" / set_id, edit, f"db-{db}.pgdump")
+        before = _databases(stack)
+        r = run_dcb("restore", set_id, "--db", db, "--as", name, "--yes", "--config",
+                    str(cfg), timeout=300)
+        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran as the superuser"
+        assert r.code == 1, (r.code, r.err)
+        line = error_line(r.err)
+        assert "database properties hold SQL that dcb will not run as the superuser" in line, \
+            line
+        assert _databases(stack) == before
+        assert _replay_roles(stack) == []
+    finally:
+        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
+                               f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
+        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
+def test_a_crafted_roles_file_never_runs(stack: TestStack, tmp_path: Path,
+                                         plain: tuple[Path, Path, str]) -> None:
+    """``globals.sql.zst`` is replayed by the superuser (CREATE ROLE needs it): a line that
+    psql reads as two statements (``E'\\''``) is refused, nothing is changed."""
+    cfg, set_dir, set_id = plain
+    copy = tmp_path / "backups" / set_id
+    shutil.copytree(set_dir, copy)
+    conf = tmp_path / "dcb.toml"
+    conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
+    marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
+    role = "dcbt_crafted_" + secrets.token_hex(3)
+    evil = (f"CREATE ROLE {role};\nALTER ROLE {role} SET search_path TO E'\\''; "
+            f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'; --'\n").encode()
+
+    def edit(sql: bytes) -> bytes:
+        end = sql.index(b"\\unrestrict ")
+        return sql[:end] + evil + sql[end:]
+
+    _rewrite(copy, edit, "globals.sql.zst")
+    before = _databases(stack)
+    r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(conf),
+                timeout=300)
+    try:
+        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran as the superuser"
+        assert r.code == 1, (r.code, r.err)
+        line = error_line(r.err)
+        assert "roles hold SQL that dcb will not run as the superuser" in line, line
+        assert role not in stack.psql("postgres", "SELECT rolname FROM pg_roles").split()
+        assert _databases(stack) == before
+    finally:
+        stack.psql("postgres", f"DROP ROLE IF EXISTS {role}", check=False)
         subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
