@@ -44,7 +44,9 @@ from dcb.services.pg_objects import ident, literal, statements, unquote
 
 PREFIX = "dcb_replay_"
 VALID_HOURS = 6
-"""The role's password expires then; a leftover role past it, with no session, is swept."""
+"""The role's password expires then (it is needed only to log in, at the replay's start)."""
+STALE_MINUTES = 15
+"""A replay role older than this without a session was left by a killed run."""
 
 ALTER_KEYWORD = {
     "TABLE": "TABLE", "VIEW": "TABLE", "SEQUENCE": "TABLE", "MATERIALIZED VIEW": "TABLE",
@@ -420,11 +422,14 @@ def drop_role(pg: Any, role: str) -> None:
 
 
 def sweep(pg: Any) -> None:
-    """Drop replay roles left by killed runs: past ``VALID UNTIL``, no session."""
+    """Drop replay roles left by killed runs: made more than :data:`STALE_MINUTES` ago (read
+    from ``VALID UNTIL``) and without a session. A live run's role has one from its first
+    minute until its replay ends (restores of one store never overlap: the store lock)."""
     with contextlib.suppress(DcbError):
         out = pg.query(
             "SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE 'dcb\\_replay\\_%' "
-            "AND r.rolvaliduntil < now() AND NOT EXISTS "
+            f"AND r.rolvaliduntil < now() + interval '{VALID_HOURS * 60 - STALE_MINUTES} "
+            "minutes' AND NOT EXISTS "
             "(SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname)")
         for role in out.split("\n"):
             if role.startswith(PREFIX):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,12 @@ def test_owners_and_acls_come_back_and_no_role_is_left(stack: TestStack, tmp_pat
     r = run_dcb("backup", "-q", "--db", DB, "--config", str(cfg), timeout=300)
     assert r.code == 0, r.err
     copy = f"{DB}_{secrets.token_hex(3)}"
+    # What a run killed during its replay leaves (made more than 15 minutes ago): swept.
+    stale = f"dcb_replay_{secrets.token_hex(6)}"
+    stack.psql("postgres", f"CREATE ROLE {stale} LOGIN VALID UNTIL "
+                           f"'{(datetime.now(UTC) + timedelta(hours=5)).isoformat()}'; "
+                           f"CREATE DATABASE {stale}_db OWNER {stale}")
+    stack.psql(f"{stale}_db", f"SET ROLE {stale}; CREATE TABLE left_over (x int)")
     r = run_dcb("restore", r.out.strip(), "--db", DB, "--as", copy, "--yes", "--config",
                 str(cfg), timeout=300)
     try:
@@ -121,7 +128,8 @@ def test_owners_and_acls_come_back_and_no_role_is_left(stack: TestStack, tmp_pat
         assert stack.table_digest(copy) == stack.table_digest(DB)
         assert replay_roles(stack) == []
     finally:
-        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE); '
+                               f'DROP DATABASE IF EXISTS "{stale}_db" WITH (FORCE)')
 
 
 DUMP = b"""--
