@@ -1,11 +1,14 @@
-"""A plain SQL dump that someone else wrote (a destination they control): its psql
-meta-commands must never run. The set is a real plain-format backup whose dump is rewritten
-and whose manifest is re-signed to vouch for it, as an attacker with the destination would;
-``dcb restore --as`` replays it. The genuine dump still restores (the guard drops pg_dump's
-own ``\\restrict`` pair, nothing else).
-
-Known gap, kept visible as a strict xfail: SQL that only a superuser may run
-(``COPY ... TO PROGRAM``) is not refused, since the replay connects as the superuser.
+"""A dump that someone else wrote (a destination they control) must never run more than a
+database's owner may: psql's meta-commands are refused (``\\restrict``), and the replay logs in
+as an unprivileged role of its own (services/replay_role.py), so PostgreSQL refuses what only a
+superuser may do: ``COPY ... PROGRAM`` (also through ``DO``/``EXECUTE``, ``SET ROLE``,
+``SET SESSION AUTHORIZATION`` or a CHECK constraint's function), ``COPY`` to a server file,
+``lo_export``, ``ALTER SYSTEM``. Each attack is a real backup rewritten, its manifest re-signed as
+an attacker with the destination could (or a genuine dump of a hostile database), replayed by
+``dcb restore --as``: the program's side effect never exists, the restore fails with one line,
+the temporary database is gone, no replay role is left, nothing live changed. The parts dcb
+runs as the superuser (the roles file, the archive's DATABASE entries) are refused when they
+hold anything but plain statements of their kind. The genuine dump still restores.
 """
 
 from __future__ import annotations
