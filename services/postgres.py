@@ -234,6 +234,25 @@ class PgGateway:
             if code != 0:
                 raise DcbError(f"{what} failed: {first_error(p.stderr_text) or f'exit {code}'}")
 
+    def script_output(self, sql: str, db: str = "postgres", what: str = "SQL script") -> str:
+        """:meth:`run_script` returning the script's tuples-only, unaligned output."""
+        with self.exec(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *self.login(),
+                        "-d", db, "--no-password"], stdin=True) as p:
+            out: list[bytes] = []
+            drain = threading.Thread(target=lambda: out.extend(p.stdout()), daemon=True,
+                                     name="dcb-script-drain")
+            drain.start()
+            try:
+                for c in self.psql_input(iter([sql.encode()])):
+                    p.send(c)
+            finally:
+                p.close_stdin()
+            drain.join(600)
+            code = p.wait(600)
+            if code != 0:
+                raise DcbError(f"{what} failed: {first_error(p.stderr_text) or f'exit {code}'}")
+        return b"".join(out).decode("utf-8", "replace")
+
     def psql_input(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """SQL for psql's stdin with psql's meta-commands refused when this psql can
         (services/psql_guard.py): part of it may come from a dump someone else wrote."""

@@ -301,10 +301,14 @@ class ReplayRole:
 
     def open(self) -> ReplayRole:
         pg = self.pg
-        sweep(pg)
         until = (datetime.now(UTC) + timedelta(hours=VALID_HOURS)).isoformat(timespec="seconds")
-        self.db_owner = pg.query("SELECT pg_get_userbyid(datdba) FROM pg_database "
-                                 f"WHERE datname = {literal(self.db)}").strip()
+        owner, _, stale = pg.query(
+            f"SELECT pg_get_userbyid(datdba) || '|' || ({STALE_SQL}) FROM pg_database "
+            f"WHERE datname = {literal(self.db)}").strip().partition("|")
+        for role in stale.split(","):
+            if role.startswith(PREFIX):
+                drop_role(pg, role)
+        self.db_owner = owner
         pg.run_script(
             f"CREATE ROLE {ident(self.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
             "NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT -1 "
@@ -312,7 +316,11 @@ class ReplayRole:
             f"ALTER DATABASE {ident(self.db)} OWNER TO {ident(self.name)};\n",
             what="creating the restore's unprivileged role")
         self.created = True
-        self._login()
+        try:
+            self._login()
+        except BaseException:
+            self.drop()
+            raise
         return self
 
     def _login(self) -> None:
@@ -325,17 +333,19 @@ class ReplayRole:
                 out = self.gateway(self.pg).query(
                     "SELECT current_setting('is_superuser')", db=self.db, timeout=60)
             except DcbError as e:
-                errors.append(e.message.split(": ", 1)[-1])
+                why = e.message.split("FATAL:", 1)[-1].split(", user ", 1)[0].strip()
+                errors.append(f"{host or 'socket'}: {why}")
                 continue
             if out.strip() != "off":
                 raise ReplayError(f"the restore's role {self.name} is a superuser")
             return
         container = getattr(self.pg, "container", "the PostgreSQL container")
+        fix = ("allow password logins from the container itself in pg_hba.conf, e.g. "
+               "'host all all 127.0.0.1/32 scram-sha-256' (the official image does)")
         raise ReplayError(
             f"PostgreSQL in {container} lets no unprivileged role log in from inside its "
-            f"container (a dump is never replayed as the superuser): {'; '.join(errors)}",
-            hint="allow password logins from the container itself in pg_hba.conf, e.g. "
-                 "'host all all 127.0.0.1/32 scram-sha-256' (the official image does)")
+            f"container, and a dump is never replayed as the superuser: {fix} "
+            f"({'; '.join(errors)})", hint=fix)
 
     def gateway(self, pg: Any) -> Any:
         """``pg`` (possibly watched by a step's guard) logging in as the role."""
@@ -343,40 +353,38 @@ class ReplayRole:
 
     def finish(self, owners: DumpOwners) -> None:
         """The database back to its owner; every object the role made to the owner the dump
-        names (the superuser's own SQL, see the module's docstring)."""
+        names (the superuser's own SQL, see the module's docstring); the role dropped. Two
+        psql runs: it is on every database's path."""
         pg = self.pg
-        pg.query(f"ALTER DATABASE {ident(self.db)} OWNER TO {ident(self.db_owner)}")
-        objects = json.loads(pg.query(OWNED_SQL.format(role=literal(self.name)), db=self.db)
-                             or "[]")
+        bad = next((x for x in owners.default_acls if not DEFAULT_ACL.fullmatch(x)), None)
+        if bad is not None:
+            raise ReplayError(f"the dump's default privileges are not pg_dump's: {bad[:120]!r}")
+        owned = OWNED_SQL.format(role=literal(self.name))
+        objects = json.loads(pg.query(
+            f"ALTER DATABASE {ident(self.db)} OWNER TO {ident(self.db_owner)}; {owned}",
+            db=self.db) or "[]")
         todo: list[list[Any]] = []
-        nameless: list[str] = []
-        for classid, objid, kind, schema, name, identity in objects:
+        for classid, objid, kind, schema, name, _identity in objects:
             owner = owners.owner_of(kind, schema, name) if kind and name else None
-            if owner is None or kind not in ALTER_KEYWORD:
-                if kind != "EXTENSION":
-                    nameless.append(str(identity))
-                continue
-            todo.append([int(classid), int(objid), ALTER_KEYWORD[kind], owner])
-        if todo:
-            pg.run_script(owner_script(todo), db=self.db,
-                          what="giving the restored objects their owners")
-        if owners.default_acls:
-            bad = next((x for x in owners.default_acls if not DEFAULT_ACL.fullmatch(x)), None)
-            if bad is not None:
-                raise ReplayError("the dump's default privileges are not pg_dump's: "
-                                  f"{bad[:120]!r}")
-            pg.run_script("\n".join(owners.default_acls) + "\n", db=self.db,
-                          what="restoring the database's default privileges")
-        left = [x for x in json.loads(pg.query(OWNED_SQL.format(role=literal(self.name)),
-                                               db=self.db) or "[]")
-                if x[2] != "EXTENSION"]
+            if owner is not None and kind in ALTER_KEYWORD:
+                todo.append([int(classid), int(objid), ALTER_KEYWORD[kind], owner])
+        role = ident(self.name)
+        script = (owner_script(todo) if todo else "") + "".join(
+            x + "\n" for x in owners.default_acls) + (
+            f"{owned};\nREASSIGN OWNED BY {role} TO CURRENT_USER;\nDROP OWNED BY {role};\n"
+            f"DROP ROLE {role};\n")
+        out = pg.script_output(script, db=self.db, what="giving the restored objects their "
+                                                        "owners")
+        self.created = False
+        left = [x for x in json.loads(out.strip() or "[]") if x[2] != "EXTENSION"]
         if left:
             shown = ", ".join(str(x[5]) for x in left[:3]) + (" ..." if len(left) > 3 else "")
             self.warn(f"{len(left)} object(s) in {self.db} whose owner the dump does not name "
                       f"or does not exist here are owned by {pg.user}: {shown}")
 
     def drop(self) -> None:
-        """Remove the role (whatever it still owns goes to the superuser first)."""
+        """Remove the role if :meth:`finish` did not (whatever it still owns goes to the
+        superuser first)."""
         if self.created:
             drop_role(self.pg, self.name)
             self.created = False
@@ -421,19 +429,15 @@ def drop_role(pg: Any, role: str) -> None:
             pg.query(f"DROP ROLE IF EXISTS {ident(role)}")
 
 
-def sweep(pg: Any) -> None:
-    """Drop replay roles left by killed runs: made more than :data:`STALE_MINUTES` ago (read
-    from ``VALID UNTIL``) and without a session. A live run's role has one from its first
-    minute until its replay ends (restores of one store never overlap: the store lock)."""
-    with contextlib.suppress(DcbError):
-        out = pg.query(
-            "SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE 'dcb\\_replay\\_%' "
-            f"AND r.rolvaliduntil < now() + interval '{VALID_HOURS * 60 - STALE_MINUTES} "
-            "minutes' AND NOT EXISTS "
-            "(SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname)")
-        for role in out.split("\n"):
-            if role.startswith(PREFIX):
-                drop_role(pg, role)
+STALE_SQL = (
+    "SELECT coalesce(string_agg(r.rolname, ','), '') FROM pg_roles r "
+    "WHERE r.rolname LIKE 'dcb\\_replay\\_%' "
+    f"AND r.rolvaliduntil < now() + interval '{VALID_HOURS * 60 - STALE_MINUTES} minutes' "
+    "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname)")
+"""Replay roles left by killed runs: made more than :data:`STALE_MINUTES` ago (read from
+``VALID UNTIL``) and without a session. A live run's role has one from its first minute until
+its replay ends (restores of one store never overlap: the store lock). Dropped by the next
+replay's :meth:`ReplayRole.open`."""
 
 
 def replay_roles(pg: Any) -> set[str]:

@@ -7,6 +7,7 @@ behind. The crafted-dump side (COPY ... PROGRAM refused) is in tests/faults/test
 from __future__ import annotations
 
 import secrets
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from dcb.services.replay_role import DumpOwners, without_owner_statements
 from tests.conftest import run_dcb
 from tests.stackkit import TestStack
+from tests.test_backup_faults import error_line
 
 DB = "dcbt_owners"
 SEED = f"""
@@ -202,3 +204,50 @@ def test_only_pg_dumps_own_owner_statements_are_dropped(size: int) -> None:
     assert owners.owners == {("SCHEMA", "-", "app"): "dart_app",
                              ("FUNCTION", "public", "f(integer)"): "postgres",
                              ("TABLE", "public", "We ird"): "we ird"}
+
+
+HBA = "/var/lib/postgresql/data/pg_hba.conf"
+
+
+def _set_hba(stack: TestStack, text: str) -> None:
+    subprocess.run(["docker", "exec", "-i", stack.postgres_container, "sh", "-c",
+                    f"cat > {HBA}"], input=text.encode(), check=True)
+    stack.psql("postgres", "SELECT pg_reload_conf()")
+
+
+def test_the_role_logs_in_over_tcp_else_the_restore_says_how(stack: TestStack,
+                                                             tmp_path: Path) -> None:
+    """pg_hba.conf decides how the replay role logs in: over the socket (the images' local
+    trust), else over TCP to 127.0.0.1 with its password; if neither, the restore stops with
+    one line naming the fix, never falling back to the superuser."""
+    db = "dcbt_hba_" + secrets.token_hex(3)
+    stack.psql("postgres", f"CREATE DATABASE {db}")
+    stack.psql(db, "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 10) g")
+    original = subprocess.run(["docker", "exec", stack.postgres_container, "cat", HBA],
+                              capture_output=True, check=True).stdout.decode()
+    try:
+        cfg = stack.write_config(tmp_path, stack={"databases": [db]})
+        r = run_dcb("backup", "-q", "--db", db, "--config", str(cfg), timeout=300)
+        assert r.code == 0, r.err
+        set_id = r.out.strip()
+        # The socket only for the superuser (as Debian's peer rule would do to other roles).
+        _set_hba(stack, "local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        r = run_dcb("restore", set_id, "--db", db, "--as", f"{db}_tcp", "--yes", "--config",
+                    str(cfg), timeout=300)
+        assert r.code == 0, r.err
+        assert stack.table_digest(f"{db}_tcp") == stack.table_digest(db)
+        _set_hba(stack, "local all postgres trust\n")
+        before = stack.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+        r = run_dcb("restore", set_id, "--db", db, "--as", f"{db}_none", "--yes", "--config",
+                    str(cfg), timeout=300)
+        assert r.code == 1, r.err
+        line = error_line(r.err)
+        assert "lets no unprivileged role log in" in line, line
+        assert "127.0.0.1/32 scram-sha-256" in r.err  # the hint
+        assert stack.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1") == before
+        assert replay_roles(stack) == []
+    finally:
+        _set_hba(stack, original)
+        stack.psql("postgres", f"DROP DATABASE IF EXISTS {db}_tcp WITH (FORCE); "
+                               f"DROP DATABASE IF EXISTS {db}_none WITH (FORCE); "
+                               f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
