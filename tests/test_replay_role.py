@@ -1,7 +1,9 @@
 """The unprivileged replay session (services/replay_role.py) on the real stack: a database with
-objects of several owners, grants, a large object, default privileges and an extension comes
-back with the same owners and ACLs, in plain and custom format, and no replay role is left
-behind. The crafted-dump side (COPY ... PROGRAM refused) is in tests/faults/test_crafted_dump.py.
+objects of several owners, grants, a large object, default privileges and trusted extensions
+(pgcrypto, citext) comes back with the same owners and ACLs, in plain and custom format, and
+no replay role is left behind (one a killed run left is swept). pg_hba.conf decides how the
+role logs in. The crafted-dump side (COPY ... PROGRAM refused) is in
+tests/faults/test_crafted_dump.py.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ ALTER TYPE mood OWNER TO dart_app;
 CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 CREATE TYPE pair AS (a int, b text);
 SELECT lo_from_bytea(0, 'hello');
+CREATE EXTENSION pgcrypto;
+CREATE EXTENSION citext SCHEMA app;
+CREATE TABLE app.emails (e app.citext, h bytea DEFAULT digest('x', 'sha256'));
+ALTER TABLE app.emails OWNER TO dart_app;
+INSERT INTO app.emails (e) VALUES ('A@b.c');
 ALTER DEFAULT PRIVILEGES FOR ROLE dart_app IN SCHEMA app GRANT SELECT ON TABLES TO dcbt_reader;
 ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 """
