@@ -83,7 +83,11 @@ _ENTRY_START = (b"-- Name: ", b"-- Data for Name: ", b"-- PostgreSQL database du
 OWNED_SQL = """
 SELECT coalesce(json_agg(json_build_array(d.classid::int8, d.objid::int8, k.kind,
                                           coalesce(i.schema, '-'), k.name, i.identity)), '[]')
-FROM pg_shdepend d
+FROM (SELECT classid, objid FROM pg_shdepend
+      WHERE refclassid = 'pg_authid'::regclass AND deptype = 'o'
+        AND refobjid = (SELECT oid FROM pg_roles WHERE rolname = {role})
+        AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      {extra}) d
 CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, 0) i
 CROSS JOIN LATERAL (SELECT
   CASE d.classid
@@ -109,10 +113,11 @@ CROSS JOIN LATERAL (SELECT
         FROM pg_proc p WHERE p.oid = d.objid)
     WHEN 'pg_largeobject'::regclass THEN d.objid::text
     ELSE i.name END AS name) k
-WHERE d.refclassid = 'pg_authid'::regclass AND d.deptype = 'o'
-  AND d.refobjid = (SELECT oid FROM pg_roles WHERE rolname = {role})
-  AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
+PUBLIC_SCHEMA = ("UNION SELECT 'pg_namespace'::regclass::oid, oid FROM pg_namespace "
+                 "WHERE nspname = 'public'")
+"""The schema that exists before the replay (owned by ``pg_database_owner`` since PostgreSQL
+15): a dump may give it an owner (``ALTER SCHEMA public OWNER TO ...``, from older clusters)."""
 
 
 class ReplayError(DcbError):
@@ -359,9 +364,10 @@ class ReplayRole:
         bad = next((x for x in owners.default_acls if not DEFAULT_ACL.fullmatch(x)), None)
         if bad is not None:
             raise ReplayError(f"the dump's default privileges are not pg_dump's: {bad[:120]!r}")
-        owned = OWNED_SQL.format(role=literal(self.name))
+        owned = OWNED_SQL.format(role=literal(self.name), extra="")
         objects = json.loads(pg.query(
-            f"ALTER DATABASE {ident(self.db)} OWNER TO {ident(self.db_owner)}; {owned}",
+            f"ALTER DATABASE {ident(self.db)} OWNER TO {ident(self.db_owner)}; "
+            + OWNED_SQL.format(role=literal(self.name), extra=PUBLIC_SCHEMA),
             db=self.db) or "[]")
         todo: list[list[Any]] = []
         for classid, objid, kind, schema, name, _identity in objects:

@@ -31,6 +31,9 @@ END $$;
 CREATE DATABASE {DB} OWNER dart_app;
 """
 OBJECTS = """
+ALTER SCHEMA public OWNER TO postgres;
+GRANT CREATE ON SCHEMA public TO PUBLIC;
+COMMENT ON SCHEMA public IS 'as PostgreSQL 14 made it';
 CREATE TABLE t1 (id serial PRIMARY KEY, v text);
 INSERT INTO t1 (v) SELECT 'row ' || g FROM generate_series(1, 50) g;
 COMMENT ON TABLE t1 IS 'owned by the superuser';
