@@ -24,8 +24,8 @@ from tests.test_backup_faults import error_line
 DB = "dcbt_owners"
 SEED = f"""
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dcbt_reader') THEN
-    CREATE ROLE dcbt_reader;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dcbt_oreader') THEN
+    CREATE ROLE dcbt_oreader;
   END IF;
 END $$;
 CREATE DATABASE {DB} OWNER dart_app;
@@ -43,16 +43,16 @@ ALTER TABLE app.t2 OWNER TO dart_app;
 INSERT INTO app.t2 (x) VALUES (1), (2);
 CREATE TABLE app."We ird; x" (a int);
 ALTER TABLE app."We ird; x" OWNER TO dart_app;
-GRANT SELECT ON t1 TO dcbt_reader;
-GRANT SELECT, INSERT ON app.t2 TO dcbt_reader WITH GRANT OPTION;
+GRANT SELECT ON t1 TO dcbt_oreader;
+GRANT SELECT, INSERT ON app.t2 TO dcbt_oreader WITH GRANT OPTION;
 REVOKE ALL ON SCHEMA app FROM PUBLIC;
-GRANT USAGE ON SCHEMA app TO dcbt_reader;
+GRANT USAGE ON SCHEMA app TO dcbt_oreader;
 CREATE VIEW v1 AS SELECT * FROM t1;
 ALTER VIEW v1 OWNER TO dart_app;
 CREATE MATERIALIZED VIEW mv AS SELECT count(*) AS n FROM t1;
 CREATE FUNCTION f(a integer, b text) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
 REVOKE EXECUTE ON FUNCTION f(integer, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION f(integer, text) TO dcbt_reader;
+GRANT EXECUTE ON FUNCTION f(integer, text) TO dcbt_oreader;
 CREATE FUNCTION app."G w"() RETURNS int LANGUAGE sql AS $$ SELECT 2 $$;
 ALTER FUNCTION app."G w"() OWNER TO dart_app;
 CREATE AGGREGATE app.total(int) (SFUNC = int4pl, STYPE = int);
@@ -66,7 +66,7 @@ CREATE EXTENSION citext SCHEMA app;
 CREATE TABLE app.emails (e app.citext, h bytea DEFAULT digest('x', 'sha256'));
 ALTER TABLE app.emails OWNER TO dart_app;
 INSERT INTO app.emails (e) VALUES ('A@b.c');
-ALTER DEFAULT PRIVILEGES FOR ROLE dart_app IN SCHEMA app GRANT SELECT ON TABLES TO dcbt_reader;
+ALTER DEFAULT PRIVILEGES FOR ROLE dart_app IN SCHEMA app GRANT SELECT ON TABLES TO dcbt_oreader;
 ALTER DEFAULT PRIVILEGES FOR ROLE postgres REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 """
 # Every object's owner and ACL, and the default privileges, in a stable order.
@@ -113,7 +113,8 @@ def owners_db(stack: TestStack) -> Iterator[list[str]]:
     try:
         yield catalog(stack, DB)
     finally:
-        stack.psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+        stack.psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE); "
+                               "DROP ROLE IF EXISTS dcbt_oreader")
 
 
 @pytest.mark.parametrize("fmt", ["custom", "plain"])
