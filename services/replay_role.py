@@ -294,10 +294,14 @@ class ReplayRole:
     psql/pg_restore log in as it; :meth:`finish` gives the database and
     every object the owners they had; :meth:`drop` (always) removes the role."""
 
-    def __init__(self, pg: Any, db: str, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, pg: Any, db: str, warn: Callable[[str], None] | None = None,
+                 run: str = "") -> None:
         self.pg = pg
         self.db = db
-        self.name = PREFIX + secrets.token_hex(6)
+        self.tag = PREFIX + hashlib.sha256(run.encode()).hexdigest()[:6] + "_"
+        """Shared by the roles of one restore (``run``: its id), which may replay several
+        databases at once: the sweep never takes a role of its own run."""
+        self.name = self.tag + secrets.token_hex(4)
         self._password = secrets.token_urlsafe(32)
         self.host: str | None = None
         self.db_owner = ""
@@ -307,9 +311,10 @@ class ReplayRole:
     def open(self) -> ReplayRole:
         pg = self.pg
         until = (datetime.now(UTC) + timedelta(hours=VALID_HOURS)).isoformat(timespec="seconds")
+        mine = literal(self.tag.replace("_", "\\_") + "%")
         owner, _, stale = pg.query(
-            f"SELECT pg_get_userbyid(datdba) || '|' || ({STALE_SQL}) FROM pg_database "
-            f"WHERE datname = {literal(self.db)}").strip().partition("|")
+            f"SELECT pg_get_userbyid(datdba) || '|' || ({STALE_SQL} AND r.rolname NOT LIKE "
+            f"{mine}) FROM pg_database WHERE datname = {literal(self.db)}").strip().partition("|")
         for role in stale.split(","):
             if role.startswith(PREFIX):
                 drop_role(pg, role)
@@ -442,8 +447,8 @@ STALE_SQL = (
     "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.usename = r.rolname)")
 """Replay roles left by killed runs: made more than :data:`STALE_MINUTES` ago (read from
 ``VALID UNTIL``) and without a session. A live run's role has one from its first minute until
-its replay ends (restores of one store never overlap: the store lock). Dropped by the next
-replay's :meth:`ReplayRole.open`."""
+its replay ends; the roles of the same restore (databases replayed at once) are never taken.
+Dropped by the next replay's :meth:`ReplayRole.open`."""
 
 
 def replay_roles(pg: Any) -> set[str]:

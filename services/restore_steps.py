@@ -607,8 +607,8 @@ class DatabaseStep(Step):
                          if self.target in names else run.target.postgres_user)
                 pg.query(f"CREATE DATABASE {ident(tmp)} OWNER {ident(owner)}")
             # The dump is replayed by an unprivileged role of its own (services/replay_role.py)
-            role = ReplayRole(run.base_pg, tmp,
-                              warn=lambda m: run.events(LogLine(m, "warning"))).open()
+            role = ReplayRole(run.base_pg, tmp, warn=lambda m: run.events(LogLine(m, "warning")),
+                              run=run.rid).open()
             try:
                 owners = run.dump_owners.pop(a.name, None) or DumpOwners()
                 self._replay(run, a, tmp, staged, meter, role, owners)
