@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dcb.services.errors import DcbError
+
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL silently truncates longer names
 
 _IDENT = r'(?:"(?:[^"]|"")*"|[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)'
@@ -110,6 +112,69 @@ def statements(sql: str) -> Iterator[tuple[str | None, str]]:
         i = j + 1
 
 
+# -- SQL that dcb runs as the superuser -----------------------------------------------------------
+class UnsafeStatement(DcbError):
+    """A backup's roles or database properties hold SQL dcb will not run as the superuser."""
+
+
+_TOKEN = re.compile(r'\s+|"(?:[^"]|"")*"' r"|'(?:[^']|'')*'"
+                    r"|[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*|\d+(?:\.\d+)?|-\d+|[,=.]")
+_WORD_START = re.compile(r"[A-Za-z0-9_\x80-\uffff]")
+GLOBALS_STATEMENTS = re.compile(
+    r"(?:CREATE|ALTER|COMMENT ON) (?:ROLE|TABLESPACE) |(?:GRANT|REVOKE) |SECURITY LABEL ")
+"""What a roles script may hold (with ``SET`` of the preamble, see :func:`plain_statements`)."""
+DATABASE_STATEMENTS = re.compile(
+    rf"(?:CREATE|ALTER) DATABASE |COMMENT ON DATABASE |ALTER ROLE {_IDENT} IN DATABASE "
+    rf"|(?:GRANT|REVOKE)(?: GRANT OPTION FOR)? [A-Z, ]+ ON DATABASE "
+    rf"|SECURITY LABEL (?:FOR {_IDENT} )?ON DATABASE ")
+"""What a database's properties may hold."""
+_PREAMBLE = re.compile(r"SET (?:client_encoding = '[A-Za-z0-9_-]+'|default_transaction_read_only"
+                       r" = off|standard_conforming_strings = on);")
+
+
+def plain_statements(script: str) -> list[str] | None:
+    """The statements of ``script`` when it is made of plain tokens only: identifiers,
+    standard string literals (no ``E''``, no dollar quotes), words, numbers, ``, = .``; else
+    None. Such a script splits at its semicolons the same way for dcb, psql and the server
+    (no comment, parenthesis, backslash or escape can make one statement two), so the first
+    words of each statement say what it is."""
+    out: list[str] = []
+    start = i = 0
+    prev_word = False
+    while i < len(script):
+        if script[i] == ";":
+            out.append(script[start:i + 1].strip())
+            start = i = i + 1
+            prev_word = False
+            continue
+        m = _TOKEN.match(script, i)
+        if m is None:
+            return None
+        tok = m.group()
+        if tok[0] in "'\"" and prev_word:
+            return None  # E'...', U&"...", B'...': not plain
+        prev_word = bool(_WORD_START.match(tok))
+        i = m.end()
+    return out if not script[start:].strip() else None
+
+
+def checked_script(script: str, allowed: re.Pattern[str], what: str) -> str:
+    """``script`` if every statement is plain (:func:`plain_statements`) and starts as
+    ``allowed`` says: ``SET standard_conforming_strings = on`` first, so psql reads the
+    literals as dcb did. Else :class:`UnsafeStatement`: it was written by someone else."""
+    stmts = plain_statements(script)
+    bad = None if stmts is not None else script.strip()[:100]
+    for st in stmts or []:
+        if not (allowed.match(st) or _PREAMBLE.fullmatch(st)):
+            bad = st[:100]
+            break
+    if bad is not None:
+        raise UnsafeStatement(f"{what} hold SQL that dcb will not run as the superuser: "
+                              f"{bad!r}", hint="the backup was not written by pg_dump as is; "
+                                               "restore it with --as elsewhere to inspect it")
+    return "SET standard_conforming_strings = on;\n" + script
+
+
 # -- roles ----------------------------------------------------------------------------------------
 @dataclass
 class Globals:
@@ -174,7 +239,8 @@ def roles_script(g: Globals, existing: set[str], reset_existing: bool = False
             lines.append(s)
     if reset_existing:
         lines += g.other
-    return "\n".join(lines) + "\n", created
+    script = checked_script("\n".join(lines) + "\n", GLOBALS_STATEMENTS, "the backup's roles")
+    return script, created
 
 
 # -- database properties --------------------------------------------------------------------------

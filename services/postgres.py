@@ -67,6 +67,11 @@ class PgGateway:
         self.guard: StepGuard | None = None
         self.restricts: bool | None = None
         """Whether this container's psql has ``\\restrict`` (services/psql_guard.py)."""
+        self.host: str | None = None
+        """None: the server's Unix socket (the default)."""
+        self._admin: PgGateway | None = None
+        """For a gateway logged in as another role (:meth:`login_as`): the one it came from,
+        which ends stopped clients' sessions."""
 
     def with_guard(self, guard: StepGuard) -> PgGateway:
         """The same gateway, every process it starts watched by ``guard`` (a step's time
@@ -74,6 +79,20 @@ class PgGateway:
         pg = copy.copy(self)
         pg.guard = guard
         return pg
+
+    def login_as(self, user: str, password: str, host: str | None = None) -> PgGateway:
+        """The same gateway, its client programs logging in as ``user`` with ``password``
+        (in the exec's environment only), over TCP to ``host`` when given."""
+        pg = copy.copy(self)
+        pg.user = user
+        pg.host = host
+        pg._env = {"PGPASSWORD": password}
+        pg._admin = self._admin or self
+        return pg
+
+    def login(self) -> list[str]:
+        """``-U user`` (and ``-h host``) for a client program."""
+        return ["-U", self.user] + (["-h", self.host] if self.host else [])
 
     def exec(self, cmd: list[str], *, stdin: bool = False) -> ExecProcess:
         """Run a client program. Its sessions carry a unique application_name, so when a
@@ -86,6 +105,8 @@ class PgGateway:
 
     def terminate_sessions(self, application_name: str) -> None:
         """End the server sessions of one stopped client (at most 30 s: cleanup only)."""
+        if self._admin is not None:
+            return self._admin.terminate_sessions(application_name)
         cmd = ["psql", "-X", "-q", "-A", "-t", "-U", self.user, "-d", "postgres", "-c",
                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                f"WHERE application_name = '{application_name}'"]
@@ -98,7 +119,7 @@ class PgGateway:
     def query(self, sql: str, db: str = "postgres", timeout: float = 60) -> str:
         """Run SQL with psql (errors fatal) and return its unaligned, tuples-only output."""
         with self.exec(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                        "-U", self.user, "-d", db, "-c", sql]) as p:
+                        *self.login(), "-d", db, "--no-password", "-c", sql]) as p:
             out = p.read_all()
             code = p.wait(timeout)
             if code != 0:
@@ -207,11 +228,30 @@ class PgGateway:
     def run_script(self, sql: str, db: str = "postgres", what: str = "SQL script") -> None:
         """Run a multi-statement script with psql from stdin (each statement on its own,
         errors fatal)."""
-        with self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", self.user, "-d", db,
+        with self.exec(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *self.login(), "-d", db,
                         "-o", "/dev/null", "--no-password"], stdin=True) as p:
             code = p.feed(self.psql_input(iter([sql.encode()])))
             if code != 0:
                 raise DcbError(f"{what} failed: {first_error(p.stderr_text) or f'exit {code}'}")
+
+    def script_output(self, sql: str, db: str = "postgres", what: str = "SQL script") -> str:
+        """:meth:`run_script` returning the script's tuples-only, unaligned output."""
+        with self.exec(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *self.login(),
+                        "-d", db, "--no-password"], stdin=True) as p:
+            out: list[bytes] = []
+            drain = threading.Thread(target=lambda: out.extend(p.stdout()), daemon=True,
+                                     name="dcb-script-drain")
+            drain.start()
+            try:
+                for c in self.psql_input(iter([sql.encode()])):
+                    p.send(c)
+            finally:
+                p.close_stdin()
+            drain.join(600)
+            code = p.wait(600)
+            if code != 0:
+                raise DcbError(f"{what} failed: {first_error(p.stderr_text) or f'exit {code}'}")
+        return b"".join(out).decode("utf-8", "replace")
 
     def psql_input(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """SQL for psql's stdin with psql's meta-commands refused when this psql can
@@ -242,7 +282,16 @@ class PgGateway:
         """What ``pg_restore --create --schema-only`` prints for a custom-format dump, read from
         ``path`` in the container or streamed from ``chunks``. Only the archive's table of
         contents is read, so pg_restore stops reading a stream early."""
-        cmd = ["pg_restore", "--create", "--schema-only", "-f", "-"]
+        return self._archive_toc(["pg_restore", "--create", "--schema-only", "-f", "-"],
+                                 path, chunks)
+
+    def archive_list(self, path: str | None = None,
+                     chunks: Iterator[bytes] | None = None) -> str:
+        """``pg_restore --list`` of a custom-format dump (as :meth:`archive_properties_sql`)."""
+        return self._archive_toc(["pg_restore", "--list"], path, chunks)
+
+    def _archive_toc(self, cmd: list[str], path: str | None,
+                     chunks: Iterator[bytes] | None) -> str:
         with self.exec([*cmd, path] if path else cmd, stdin=path is None) as p:
             if chunks is not None and path is None:
                 out: list[bytes] = []

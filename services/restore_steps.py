@@ -36,7 +36,9 @@ from dcb.services.docker_exec import StepGuard
 from dcb.services.encryption import is_encrypted, open_decrypted_from
 from dcb.services.errors import Cancelled, DcbError, NotFound
 from dcb.services.pg_objects import (
+    DATABASE_STATEMENTS,
     DatabaseProperties,
+    checked_script,
     database_properties,
     fit_identifier,
     ident,
@@ -52,6 +54,12 @@ from dcb.services.progress import (
     null_reporter,
 )
 from dcb.services.psql_guard import OLD_PSQL
+from dcb.services.replay_role import (
+    DumpOwners,
+    ReplayRole,
+    list_without_default_acls,
+    without_owner_statements,
+)
 from dcb.services.restore_model import (
     RestoreError,
     RestoreReport,
@@ -587,18 +595,29 @@ class DatabaseStep(Step):
         meter = ByteMeter(f"database {a.name}", run.events, a.source.get("raw_bytes"))
         try:
             props = self._properties(run, a, staged, names)
-            if props is not None and props.create:
-                pg.run_script("\n".join(props.renamed(tmp).create) + "\n",
+            # Checked before anything is done (they run as the superuser).
+            create = _props_script(props.renamed(tmp).create) if props and props.create else ""
+            after = _props_script(props.renamed(tmp).after) if props and props.after else ""
+            if create:
+                pg.run_script(create,
                               what=f"creating {tmp} with the database's encoding and locale")
             else:
                 owner = (pg.query(f"SELECT pg_get_userbyid(datdba) FROM pg_database "
                                   f"WHERE datname = {_lit(self.target)}").strip()
                          if self.target in names else run.target.postgres_user)
                 pg.query(f"CREATE DATABASE {ident(tmp)} OWNER {ident(owner)}")
-            self._replay(run, a, tmp, staged, meter)
-            if props is not None and props.after:
-                pg.run_script("\n".join(props.renamed(tmp).after) + "\n",
-                              what="restoring the database's settings, comment and grants")
+            # The dump is replayed by an unprivileged role of its own (services/replay_role.py)
+            role = ReplayRole(run.base_pg, tmp, warn=lambda m: run.events(LogLine(m, "warning")),
+                              run=run.rid).open()
+            try:
+                owners = run.dump_owners.pop(a.name, None) or DumpOwners()
+                self._replay(run, a, tmp, staged, meter, role, owners)
+                role.finish(owners)
+            finally:
+                role.drop()
+            if after:
+                pg.run_script(after, what="restoring the database's settings, comment and "
+                                          "grants")
             faults.hold("database", run.cancel)
             if run.stopping():
                 raise Cancelled("restore cancelled")
@@ -632,6 +651,7 @@ class DatabaseStep(Step):
             else:
                 with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
                     sql = pg.archive_properties_sql(chunks=_chunks(f, run))
+            run.dump_owners[a.name] = DumpOwners().read(sql)
             props = database_properties(sql, a.name)
             if not props.empty:
                 return props
@@ -642,13 +662,38 @@ class DatabaseStep(Step):
         return None
 
     def _replay(self, run: RestoreRun, a: Artifact, tmp: str, staged: StagedDump | None,
-                meter: ByteMeter) -> None:
-        pg, user = run.pg, run.target.postgres_user
+                meter: ByteMeter, role: ReplayRole, owners: DumpOwners) -> None:
+        """Replay the dump into ``tmp`` as ``role`` (never the superuser), without its
+        ownership statements; ``owners`` learns a plain dump's owners on the way."""
+        pg = role.gateway(run.pg)
         if a.source.get("format", "plain") == "custom":
-            cmd = ["pg_restore", "-U", user, "-d", tmp, "--exit-on-error", "--no-password"]
+            cmd = ["pg_restore", *pg.login(), "-d", tmp, "--exit-on-error", "--no-password",
+                   "--no-owner"]
         else:
-            cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", tmp,
+            cmd = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *pg.login(), "-d", tmp,
                    "-o", "/dev/null", "--no-password"]
+        listed = None
+        if cmd[0] == "pg_restore":
+            listing = _archive_list(run, a, staged)
+            owners.read_list(listing)  # large objects' owners: not in --schema-only
+            if owners.default_acls:
+                # The role may not set another role's default privileges: dcb does, after.
+                listed = _list_file(run, list_without_default_acls(listing))
+                cmd += ["-L", listed]
+        try:
+            code, err = self._run_replay(run, a, cmd, staged, meter, pg, owners)
+        finally:
+            if listed is not None:
+                _remove_in_container(run, listed)
+        if code != 0:
+            if run.stopping():
+                raise Cancelled("restore cancelled")
+            raise RestoreError(f"restoring {a.name} failed, the old database is "
+                               f"untouched: {_first_line(err)}")
+
+    def _run_replay(self, run: RestoreRun, a: Artifact, cmd: list[str],
+                    staged: StagedDump | None, meter: ByteMeter, pg: Any,
+                    owners: DumpOwners) -> tuple[int, str]:
         if staged is not None:
             # pg_restore -j2 needs a file it can seek: two cores replay the dump.
             with pg.exec([*cmd, "-j", "2", staged.inside]) as p:
@@ -658,17 +703,13 @@ class DatabaseStep(Step):
         else:
             stream = _chunks_of(run, a, meter)
             if cmd[0] == "psql":  # a plain dump: psql's meta-commands refused
-                stream = pg.psql_input(stream)
+                stream = pg.psql_input(without_owner_statements(stream, owners))
                 if not pg.restricts:
                     run.events(LogLine(OLD_PSQL.format(
                         container=run.target.postgres_container), "warning"))
             with pg.exec(cmd, stdin=True) as p:
                 code = p.feed(stream)
-        if code != 0:
-            if run.stopping():
-                raise Cancelled("restore cancelled")
-            raise RestoreError(f"restoring {a.name} failed, the old database is "
-                               f"untouched: {_first_line(p.stderr_text)}")
+        return code, p.stderr_text
 
     def _swap(self, run: RestoreRun, tmp: str) -> None:
         """The old database is renamed away only now that the new one is complete: kept as
@@ -804,6 +845,8 @@ class RestoreRun:
         self.volume_diffs: dict[str, list[str]] = {}
         self.expected_props: dict[str, DatabaseProperties | None] = {}
         self.props_from_live: set[str] = set()
+        self.dump_owners: dict[str, DumpOwners] = {}
+        """Database in the set -> its archive's owners, read with its properties."""
         self.staged_dbs: dict[str, str] = {}
         """Target database -> its temporary database, waiting for the swap."""
         self.db_checks: dict[str, tuple[list[str], list[str], list[str]]] = {}
@@ -1191,6 +1234,53 @@ def _chunks(f: Any, run: RestoreRun, meter: ByteMeter | None = None) -> Iterator
         if meter is not None:
             meter.add(len(b))
         yield b
+
+
+def _props_script(statements: tuple[str, ...]) -> str:
+    """A database's property statements, run as the superuser: from an archive someone else
+    may have written, so only plain statements about the database (pg_objects)."""
+    return checked_script("\n".join(statements) + "\n", DATABASE_STATEMENTS,
+                          "the dump's database properties")
+
+
+def _archive_list(run: RestoreRun, a: Artifact, staged: StagedDump | None) -> str:
+    """``pg_restore --list`` of a custom dump (its table of contents only)."""
+    if staged is not None:
+        return str(run.pg.archive_list(path=staged.inside))
+    with open_decompressed(run.plan.set.path / a.file, a.compression) as f:
+        return str(run.pg.archive_list(chunks=_chunks(f, run)))
+
+
+def _list_file(run: RestoreRun, listing: str) -> str:
+    """A list for ``pg_restore -L`` as a 0600 file in the PostgreSQL container's /tmp
+    (removed after the replay)."""
+    import io
+    import secrets
+    import tarfile
+
+    data = listing.encode()
+    name = f".dcb-restore-list-{secrets.token_hex(6)}"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o600
+        tar.addfile(info, io.BytesIO(data))
+    try:
+        ok = run.gw.client.containers.get(run.target.postgres_container).put_archive(
+            "/tmp", buf.getvalue())
+    except Exception as e:
+        raise RestoreError(f"cannot write pg_restore's list into "
+                           f"{run.target.postgres_container}: {e}") from None
+    if not ok:
+        raise RestoreError(f"cannot write pg_restore's list into "
+                           f"{run.target.postgres_container}")
+    return f"/tmp/{name}"
+
+
+def _remove_in_container(run: RestoreRun, path: str) -> None:
+    with contextlib.suppress(DcbError, OSError), run.base_pg.exec(["rm", "-f", path]) as p:
+        p.read_all()
+        p.wait(30)
 
 
 def _lit(value: str) -> str:

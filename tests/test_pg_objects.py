@@ -10,7 +10,10 @@ import pytest
 from dcb.services.compose import service_for, up_command
 from dcb.services.errors import UsageError
 from dcb.services.pg_objects import (
+    DATABASE_STATEMENTS,
     MAX_IDENTIFIER_BYTES,
+    UnsafeStatement,
+    checked_script,
     create_options,
     database_properties,
     fit_identifier,
@@ -198,7 +201,9 @@ def test_roles_script_creates_only_missing_roles():
     assert not any("ROLE postgres" in x or "ROLE dart_app" in x for x in lines)
     assert "GRANT pg_read_all_data TO dart_app GRANTED BY postgres;" not in lines
     assert not any(x.startswith(("\\", "CREATE TABLESPACE")) for x in lines)
-    assert lines[0] == "SET default_transaction_read_only = off;"
+    # psql reads the literals as dcb checked them (services/pg_objects.checked_script).
+    assert lines[:2] == ["SET standard_conforming_strings = on;",
+                         "SET default_transaction_read_only = off;"]
 
 
 def test_roles_script_with_reset_replays_everything():
@@ -234,3 +239,31 @@ def test_compose_hint_names_the_service(tmp_path: Path):
     assert up_command("dart-cloud-postgres", labels) == (
         f"docker compose --project-directory {tmp_path} -f {f} -p dart up -d db")
     assert up_command("x", {}) == "docker compose up -d SERVICE"
+
+
+@pytest.mark.parametrize("line", [
+    # psql reads E'\'' as one quote: the COPY would be a statement of its own.
+    "ALTER ROLE \"we ird\" SET search_path TO E'\\''; COPY (SELECT 1) TO PROGRAM 'touch m'; --'",
+    "SET client_encoding = 'UTF8'; COPY (SELECT 1) TO PROGRAM 'touch m';",
+    "SET standard_conforming_strings = off;",
+    "ALTER ROLE \"we ird\" SET search_path TO $$x$$;",
+    "ALTER ROLE \"we ird\" SET search_path TO 'x' \\! touch m",
+])
+def test_a_crafted_roles_file_is_refused_whole(line: str) -> None:
+    g = parse_globals(GLOBALS.replace("CREATE ROLE \"we ird\";", "CREATE ROLE \"we ird\";\n"
+                                      + line))
+    with pytest.raises(UnsafeStatement, match="will not run as the superuser"):
+        roles_script(g, existing={"postgres", "dart_app"})
+
+
+def test_database_properties_run_as_the_superuser_are_plain_statements() -> None:
+    props = database_properties(ARCHIVE, "lat-1")
+    script = "\n".join((*props.create, *props.after)) + "\n"
+    assert checked_script(script, DATABASE_STATEMENTS, "x").endswith(script)
+    # A comment whose text ends the statement for psql but not for a naive reader, and a
+    # statement that only names the database in a literal.
+    for bad in ["COMMENT ON DATABASE \"lat-1\" IS E'\\''; COPY (SELECT 1) TO PROGRAM 'x'; --'",
+                "COPY (SELECT 'DATABASE \"lat-1\"') TO PROGRAM 'touch m';",
+                "GRANT pg_execute_server_program TO \"DATABASE lat-1\";"]:
+        with pytest.raises(UnsafeStatement):
+            checked_script(script + bad + "\n", DATABASE_STATEMENTS, "x")

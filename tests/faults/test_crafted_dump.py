@@ -1,11 +1,14 @@
-"""A plain SQL dump that someone else wrote (a destination they control): its psql
-meta-commands must never run. The set is a real plain-format backup whose dump is rewritten
-and whose manifest is re-signed to vouch for it, as an attacker with the destination would;
-``dcb restore --as`` replays it. The genuine dump still restores (the guard drops pg_dump's
-own ``\\restrict`` pair, nothing else).
-
-Known gap, kept visible as a strict xfail: SQL that only a superuser may run
-(``COPY ... TO PROGRAM``) is not refused, since the replay connects as the superuser.
+"""A dump that someone else wrote (a destination they control) must never run more than a
+database's owner may: psql's meta-commands are refused (``\\restrict``), and the replay logs in
+as an unprivileged role of its own (services/replay_role.py), so PostgreSQL refuses what only a
+superuser may do: ``COPY ... PROGRAM`` (also through ``DO``/``EXECUTE``, ``SET ROLE``,
+``SET SESSION AUTHORIZATION`` or a CHECK constraint's function), ``COPY`` to a server file,
+``lo_export``, ``ALTER SYSTEM``. Each attack is a real backup rewritten, its manifest re-signed as
+an attacker with the destination could (or a genuine dump of a hostile database), replayed by
+``dcb restore --as``: the program's side effect never exists, the restore fails with one line,
+the temporary database is gone, no replay role is left, nothing live changed. The parts dcb
+runs as the superuser (the roles file, the archive's DATABASE entries) are refused when they
+hold anything but plain statements of their kind. The genuine dump still restores.
 """
 
 from __future__ import annotations
@@ -53,11 +56,15 @@ def _plain_set(stack: TestStack, where: Path) -> tuple[Path, Path, str]:
     return cfg, where / "backups" / set_id, set_id
 
 
-def _rewrite(set_dir: Path, edit: Callable[[bytes], bytes]) -> None:
-    """Rewrite the dump with ``edit`` and re-sign the manifest, as its author could."""
-    path = set_dir / "db-functions_db.sql.zst"
-    sql = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
-    path.write_bytes(zstandard.ZstdCompressor().compress(edit(sql)))
+def _rewrite(set_dir: Path, edit: Callable[[bytes], bytes],
+             name: str = "db-functions_db.sql.zst") -> None:
+    """Rewrite an artifact with ``edit`` and re-sign the manifest, as its author could."""
+    path = set_dir / name
+    if name.endswith(".zst"):
+        sql = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
+        path.write_bytes(zstandard.ZstdCompressor().compress(edit(sql)))
+    else:
+        path.write_bytes(edit(path.read_bytes()))
     data = path.read_bytes()
     m = json.loads((set_dir / MANIFEST).read_text())
     for a in m["artifacts"]:
@@ -139,20 +146,172 @@ def test_psql_meta_commands_in_a_dump_never_run(stack: TestStack, tmp_path: Path
         subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
 
 
-@pytest.mark.xfail(strict=True, reason="the replay runs as the superuser: COPY ... PROGRAM "
-                                       "in a crafted dump runs (issue 12, not yet fixed)")
-def test_copy_program_in_a_dump_never_runs(stack: TestStack, tmp_path: Path,
-                                           plain: tuple[Path, Path, str]) -> None:
+ATTACKS = {
+    "copy-program": "COPY (SELECT 1) TO PROGRAM 'touch {m}';",
+    "do-execute": "DO $x$ BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', "
+                  "'touch {m}'); END $x$;",
+    "copy-to-file": "COPY (SELECT 1) TO '{m}';",
+    "lo-export": "SELECT lo_export(lo_from_bytea(0, 'x'), '{m}');",
+    "set-role": "SET ROLE postgres; COPY (SELECT 1) TO PROGRAM 'touch {m}';",
+    "session-auth": "RESET SESSION AUTHORIZATION; SET SESSION AUTHORIZATION postgres; "
+                    "COPY (SELECT 1) TO PROGRAM 'touch {m}';",
+    "alter-system": "ALTER SYSTEM SET work_mem = '{m}';",
+}
+
+
+def _replay_roles(stack: TestStack) -> list[str]:
+    return stack.psql("postgres", r"SELECT rolname FROM pg_roles "
+                                  r"WHERE rolname LIKE 'dcb\_replay\_%'").split()
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_superuser_sql_in_a_dump_never_runs(stack: TestStack, tmp_path: Path,
+                                            plain: tuple[Path, Path, str], attack: str) -> None:
     cfg, set_dir, set_id = plain
     copy = tmp_path / "backups" / set_id
     shutil.copytree(set_dir, copy)
     conf = tmp_path / "dcb.toml"
     conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
     marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
-    _rewrite(copy, _append(f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';\n".encode(), False))
-    _code, _err, name = _restore_as(stack, conf, set_id)
+    _rewrite(copy, _append((ATTACKS[attack].format(m=marker) + "\n").encode(), False))
+    before, auto_conf = _databases(stack), _auto_conf(stack)
+    roles = set(_replay_roles(stack))
+    code, err, name = _restore_as(stack, conf, set_id)
     try:
-        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran"
+        assert not _exists_in_pg(stack, marker), f"{attack}: the dump did what only a " \
+                                                 "superuser may"
+        assert _auto_conf(stack) == auto_conf
+        assert code == 1, (code, err)
+        line = error_line(err)
+        assert line.startswith("dcb: restore failed: restoring functions_db failed"), line
+        assert "superuser" in line or "permission denied" in line \
+            or "pg_execute_server_program" in line or "pg_write_server_files" in line, line
+        assert _databases(stack) == before  # nothing live changed, the temporary one gone
+        assert set(_replay_roles(stack)) <= roles  # its own dropped
     finally:
         stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', check=False)
+        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
+def _auto_conf(stack: TestStack) -> bytes:
+    return subprocess.run(["docker", "exec", stack.postgres_container, "cat",
+                           "/var/lib/postgresql/data/postgresql.auto.conf"],
+                          capture_output=True).stdout
+
+
+HOSTILE = r"""
+CREATE FUNCTION pwn() RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  IF current_database() LIKE '%\_\_dcb\_restore' THEN
+    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {m}');
+  END IF;
+  RETURN true;
+END $f$;
+CREATE TABLE guarded (x int CHECK (pwn()));
+INSERT INTO guarded VALUES (1);
+"""
+
+
+@pytest.mark.parametrize("fmt", ["custom", "plain"])
+def test_a_databases_own_functions_cannot_escalate_during_the_replay(
+        stack: TestStack, tmp_path: Path, fmt: str) -> None:
+    """A genuine dump of a hostile database: a CHECK constraint calls a function that runs
+    COPY ... PROGRAM when it finds itself in dcb's temporary database (pg_restore replays
+    the data through it; custom format is pg_restore's path)."""
+    db = "dcbt_hostile_" + secrets.token_hex(3)
+    marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
+    stack.psql("postgres", f"CREATE DATABASE {db}")
+    stack.psql(db, HOSTILE.replace("{m}", marker))
+    name = db + "_as"
+    try:
+        cfg = stack.write_config(tmp_path, stack={"databases": [db]},
+                                 storage={"db_format": fmt})
+        r = run_dcb("backup", "-q", "--db", db, "--config", str(cfg), timeout=300)
+        assert r.code == 0, r.err
+        before, roles = _databases(stack), set(_replay_roles(stack))
+        r = run_dcb("restore", r.out.strip(), "--db", db, "--as", name, "--yes",
+                    "--config", str(cfg), timeout=300)
+        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran"
+        assert r.code == 1, (r.code, r.err)
+        line = error_line(r.err)
+        assert line.startswith(f"dcb: restore failed: restoring {db} failed"), line
+        assert "pg_execute_server_program" in line or "superuser" in line, line
+        assert _databases(stack) == before
+        assert set(_replay_roles(stack)) <= roles  # its own dropped
+    finally:
+        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
+                               f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
+        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
+def test_a_crafted_archive_database_entry_never_runs(stack: TestStack, tmp_path: Path) -> None:
+    """The statements about the database itself (comment, settings, grants) are run by dcb as
+    the superuser: an archive whose comment entry smuggles a second statement (written into
+    the custom-format table of contents in place) is refused before anything is done."""
+    db = "dcbt_props_" + secrets.token_hex(3)
+    marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
+    stack.psql("postgres", f"CREATE DATABASE {db}; COMMENT ON DATABASE {db} IS '{'A' * 200}'")
+    name = db + "_as"
+    try:
+        cfg = stack.write_config(tmp_path, stack={"databases": [db]},
+                                 storage={"db_format": "custom"})
+        r = run_dcb("backup", "-q", "--db", db, "--config", str(cfg), timeout=300)
+        assert r.code == 0, r.err
+        set_id = r.out.strip()
+        payload = (f"x'; COPY (SELECT 'DATABASE {db}') TO PROGRAM 'touch {marker}'; "
+                   "SELECT '").encode()
+        payload += b"A" * (200 - len(payload))
+
+        def edit(data: bytes) -> bytes:
+            assert data.count(b"A" * 200) == 1
+            return data.replace(b"A" * 200, payload)
+
+        _rewrite(tmp_path / "backups" / set_id, edit, f"db-{db}.pgdump")
+        before, roles = _databases(stack), set(_replay_roles(stack))
+        r = run_dcb("restore", set_id, "--db", db, "--as", name, "--yes", "--config",
+                    str(cfg), timeout=300)
+        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran as the superuser"
+        assert r.code == 1, (r.code, r.err)
+        line = error_line(r.err)
+        assert "database properties hold SQL that dcb will not run as the superuser" in line, \
+            line
+        assert _databases(stack) == before
+        assert set(_replay_roles(stack)) <= roles  # its own dropped
+    finally:
+        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
+                               f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
+        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
+def test_a_crafted_roles_file_never_runs(stack: TestStack, tmp_path: Path,
+                                         plain: tuple[Path, Path, str]) -> None:
+    """``globals.sql.zst`` is replayed by the superuser (CREATE ROLE needs it): a line that
+    psql reads as two statements (``E'\\''``) is refused, nothing is changed."""
+    cfg, set_dir, set_id = plain
+    copy = tmp_path / "backups" / set_id
+    shutil.copytree(set_dir, copy)
+    conf = tmp_path / "dcb.toml"
+    conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
+    marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
+    role = "dcbt_crafted_" + secrets.token_hex(3)
+    evil = (f"CREATE ROLE {role};\nALTER ROLE {role} SET search_path TO E'\\''; "
+            f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'; --'\n").encode()
+
+    def edit(sql: bytes) -> bytes:
+        end = sql.index(b"\\unrestrict ")
+        return sql[:end] + evil + sql[end:]
+
+    _rewrite(copy, edit, "globals.sql.zst")
+    before = _databases(stack)
+    r = run_dcb("restore", set_id, "--yes", "--no-safety-backup", "--config", str(conf),
+                timeout=300)
+    try:
+        assert not _exists_in_pg(stack, marker), "COPY ... PROGRAM ran as the superuser"
+        assert r.code == 1, (r.code, r.err)
+        line = error_line(r.err)
+        assert "roles hold SQL that dcb will not run as the superuser" in line, line
+        assert role not in stack.psql("postgres", "SELECT rolname FROM pg_roles").split()
+        assert _databases(stack) == before
+    finally:
+        stack.psql("postgres", f"DROP ROLE IF EXISTS {role}", check=False)
         subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
