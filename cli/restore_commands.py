@@ -280,7 +280,10 @@ def cmd_undo(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         print_json(result.to_json())
     else:
-        head = "already undone" if result.already else f"undone in {fmt.duration(result.seconds)}"
+        head = f"undone in {fmt.duration(result.seconds)}"
+        if result.already:
+            nothing = any("nothing to undo" in s for s in result.steps)
+            head = "nothing to undo" if nothing else "already undone"
         print(f"{args.id}: {head}")
         for s in result.steps:
             print(f"  {s}")

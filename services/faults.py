@@ -3,7 +3,8 @@ deterministic places to deliver SIGINT or SIGKILL to a running restore or backup
 
 With ``DCB_TEST_HOLD=<point>:<file>`` in the environment, a run reaching ``<point>`` creates
 ``<file>`` and waits while it exists (or until the run is cancelled). Without the variable a
-hold point costs one dictionary lookup. Points: ``validate``, ``undo-point``, ``volume``,
+hold point costs one dictionary lookup. Points: ``validate``, ``undo-point-start`` (before
+the undo point is recorded), ``undo-point``, ``volume``,
 ``database``, ``swap``, ``verify``; in a backup, ``backup-app-stopped`` (a volume's users
 stopped, its archive started); in a replication to a local destination, ``replicate-copy``
 (a file's first MiB written).

@@ -183,6 +183,7 @@ class UndoPointStep(Step):
     databases are renamed and the volumes' directories moved when their turn comes)."""
 
     def run(self, run: RestoreRun) -> str:
+        faults.hold("undo-point-start", run.cancel)  # the incident log exists, no point yet
         plan = run.plan
         point = UndoPoint(restore_id=run.rid, set_id=plan.set.id, created_at=now_iso(),
                           mode="move", postgres_container=run.target.postgres_container,

@@ -239,7 +239,14 @@ def undo_restore(cfg: Config, restore_id: str, reporter: Reporter = null_reporte
     """``dcb undo RESTORE_ID``: put back what the restore replaced."""
     check_restore_id(restore_id)
     root = state_for(cfg).root
-    p = UndoStore(root).load(restore_id)
+    try:
+        p = UndoStore(root).load(restore_id)
+    except NotFound:
+        if not _stopped_before_its_point(cfg, restore_id, reporter):
+            raise
+        return UndoResult(restore_id, True, already=True,
+                          steps=["the restore stopped before it recorded its undo point, "
+                                 "so it changed nothing: nothing to undo"])
     if p.state == "undone":
         return UndoResult(restore_id, True, already=True,
                           steps=[f"already undone at {p.undone_at}"])
@@ -264,6 +271,35 @@ def undo_restore(cfg: Config, restore_id: str, reporter: Reporter = null_reporte
     result.seconds = time.monotonic() - t0
     _record_undo(cfg, p, result)
     return result
+
+
+# What a restore may do before its undo point is on disk: start a stopped PostgreSQL (not
+# data) and record the point itself, before anything is renamed or moved (UndoPointStep).
+_BEFORE_THE_POINT = {"start-postgres", "undo-point"}
+
+
+def _stopped_before_its_point(cfg: Config, restore_id: str, reporter: Reporter) -> bool:
+    """A restore killed before it wrote its undo point: its incident log says it was to keep
+    one and got no further than recording it. Checked under the store lock, after recovery
+    closed the incident, so a restore still running is never taken for a stopped one."""
+    state = state_for(cfg)
+    with StoreLock.for_config(cfg, f"dcb undo {restore_id}"):
+        gw = DockerGateway.connect(cfg.timeouts.docker_api)
+        try:
+            recover(cfg, gw, reporter)
+        finally:
+            gw.close()
+        if UndoStore(state.root).path(restore_id).exists():
+            return False
+        try:
+            data = json.loads((state.restores / f"{restore_id}.json").read_text())
+            plan, report = data["plan"], data["report"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if plan.get("undo") != "move" or data.get("sandbox"):
+            return False
+        keys = {str(s.get("key")) for s in report.get("steps", [])}
+        return keys <= _BEFORE_THE_POINT
 
 
 class _Undo:
