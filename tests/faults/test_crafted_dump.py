@@ -90,6 +90,24 @@ def _append(extra: bytes, keep_pg_dumps_pair: bool) -> Callable[[bytes], bytes]:
     return edit
 
 
+def _own_copy(tmp_path: Path, plain: tuple[Path, Path, str]) -> tuple[Path, Path, str]:
+    """The shared plain set copied into this test's own store (the test rewrites it): the
+    config reading that store, the copy, the set id."""
+    cfg, set_dir, set_id = plain
+    copy = tmp_path / "backups" / set_id
+    shutil.copytree(set_dir, copy)
+    conf = tmp_path / "dcb.toml"
+    conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
+    return conf, copy, set_id
+
+
+def _drop(stack: TestStack, marker: str, *databases: str) -> None:
+    """A test's databases and the file a crafted program would have made, whatever happened."""
+    stack.psql("postgres", " ".join(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE);'
+                                    for d in databases), check=False)
+    subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+
+
 def _exists_in_pg(stack: TestStack, path: str) -> bool:
     return subprocess.run(["docker", "exec", stack.postgres_container, "test", "-e", path],
                           capture_output=True).returncode == 0
@@ -126,11 +144,7 @@ def test_the_genuine_plain_dump_restores(stack: TestStack, plain: tuple[Path, Pa
 def test_psql_meta_commands_in_a_dump_never_run(stack: TestStack, tmp_path: Path,
                                                 plain: tuple[Path, Path, str],
                                                 attack: str) -> None:
-    cfg, set_dir, set_id = plain
-    copy = tmp_path / "backups" / set_id
-    shutil.copytree(set_dir, copy)
-    conf = tmp_path / "dcb.toml"
-    conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
+    conf, copy, set_id = _own_copy(tmp_path, plain)
     marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
     _rewrite(copy, _append(f"\\! touch {marker}\n".encode(), attack == "own-key"))
     before = _databases(stack)
@@ -167,11 +181,7 @@ def _replay_roles(stack: TestStack) -> list[str]:
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_superuser_sql_in_a_dump_never_runs(stack: TestStack, tmp_path: Path,
                                             plain: tuple[Path, Path, str], attack: str) -> None:
-    cfg, set_dir, set_id = plain
-    copy = tmp_path / "backups" / set_id
-    shutil.copytree(set_dir, copy)
-    conf = tmp_path / "dcb.toml"
-    conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
+    conf, copy, set_id = _own_copy(tmp_path, plain)
     marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
     _rewrite(copy, _append((ATTACKS[attack].format(m=marker) + "\n").encode(), False))
     before, auto_conf = _databases(stack), _auto_conf(stack)
@@ -239,9 +249,7 @@ def test_a_databases_own_functions_cannot_escalate_during_the_replay(
         assert _databases(stack) == before
         assert set(_replay_roles(stack)) <= roles  # its own dropped
     finally:
-        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
-                               f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
-        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+        _drop(stack, marker, name, db)
 
 
 def test_a_crafted_archive_database_entry_never_runs(stack: TestStack, tmp_path: Path) -> None:
@@ -278,20 +286,14 @@ def test_a_crafted_archive_database_entry_never_runs(stack: TestStack, tmp_path:
         assert _databases(stack) == before
         assert set(_replay_roles(stack)) <= roles  # its own dropped
     finally:
-        stack.psql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE); '
-                               f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', check=False)
-        subprocess.run(["docker", "exec", stack.postgres_container, "rm", "-f", marker])
+        _drop(stack, marker, name, db)
 
 
 def test_a_crafted_roles_file_never_runs(stack: TestStack, tmp_path: Path,
                                          plain: tuple[Path, Path, str]) -> None:
     """``globals.sql.zst`` is replayed by the superuser (CREATE ROLE needs it): a line that
     psql reads as two statements (``E'\\''``) is refused, nothing is changed."""
-    cfg, set_dir, set_id = plain
-    copy = tmp_path / "backups" / set_id
-    shutil.copytree(set_dir, copy)
-    conf = tmp_path / "dcb.toml"
-    conf.write_text(cfg.read_text().replace(str(set_dir.parent), str(copy.parent)))
+    conf, copy, set_id = _own_copy(tmp_path, plain)
     marker = f"/tmp/dcb-pwned-{secrets.token_hex(4)}"
     role = "dcbt_crafted_" + secrets.token_hex(3)
     evil = (f"CREATE ROLE {role};\nALTER ROLE {role} SET search_path TO E'\\''; "
