@@ -1212,11 +1212,28 @@ class _HoldingReader:
         if self.stopping():
             raise Cancelled("restore cancelled")
         b: bytes = self.f.read(n)
-        self.meter.add(len(b))
+        self._count(len(b))
+        return b
+
+    def readinto(self, view: memoryview) -> int:
+        """Straight into the caller's (O_DIRECT) buffer: no intermediate bytes object."""
+        if self.stopping():
+            raise Cancelled("restore cancelled")
+        readinto = getattr(self.f, "readinto", None)
+        if callable(readinto):
+            k = int(readinto(view))
+        else:
+            b = self.f.read(len(view))
+            k = len(b)
+            view[:k] = b
+        self._count(k)
+        return k
+
+    def _count(self, k: int) -> None:
+        self.meter.add(k)
         if not self._held and self.meter.done >= CHUNK:
             self._held = True
             faults.hold("volume", self.cancel)
-        return b
 
 
 def _chunks_of(run: RestoreRun, a: Artifact, meter: ByteMeter) -> Iterator[bytes]:

@@ -71,7 +71,7 @@ MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 MAX_REPORTED = 10
 CHUNK = 1024 * 1024
-_STREAM_BUFSIZE = 64 * 1024  # tarfile's read size: 10 KiB by default; 1 MiB hurts small files
+_STREAM_BUFSIZE = 256 * 1024  # what _Stream reads from its source at least
 _MAX_PAX_BYTES = 1024 * 1024  # two 4 KiB paths and extended attributes (64 KiB each at most)
 _MAX_GNU_LONG_BYTES = 64 * 1024
 _MAX_DIGIT_RUN = 256  # Python < 3.11.10 pax parsing is quadratic in long digit runs
@@ -200,12 +200,9 @@ class _TarInfo(tarfile.TarInfo):
         # (CVE-2024-6232) and accepts broken framing. Check the records first with the
         # linear rules of the fixed versions, then hand the bytes back to tarfile's stream.
         stream = tf.fileobj
-        buf = getattr(stream, "buf", None)
-        pos = getattr(stream, "pos", None)
-        if isinstance(buf, bytes) and isinstance(pos, int):
+        if isinstance(stream, _Stream):
             data = stream.read(_blocks(self.size))
-            stream.buf = data + stream.buf  # type: ignore[attr-defined]
-            stream.pos -= len(data)  # type: ignore[attr-defined]
+            stream.unread(data)
             problem = _pax_problem(data)
             if problem:
                 raise _InvalidHeader(problem)
@@ -240,44 +237,125 @@ def _where(last: str | None) -> str:
     return f"in or after member {last!r}" if last is not None else "at the start"
 
 
+class _Stream:
+    """The forward-only reader tarfile parses an archive stream through (``r|`` mode).
+
+    tarfile's own ``_Stream`` keeps what a read leaves by slicing it off: each 512-byte
+    header read copied the rest of its 64 KiB buffer, and data came 64 KiB at a time, joined;
+    for a volume of small files that cost about as much CPU as the decompression. This one
+    slices what is asked for only, hands large reads through from the source, fills a
+    caller's buffer directly (:meth:`readinto`, for O_DIRECT writes), and skips member data
+    at the source when the source can (``skip``: read anyway, never looked at).
+    """
+
+    def __init__(self, src: Any, bufsize: int = _STREAM_BUFSIZE) -> None:
+        self.src = src
+        self.bufsize = bufsize
+        skip = getattr(src, "skip", None)
+        self.skip_src: Callable[[int], int] | None = skip if callable(skip) else None
+        self.buf = b""
+        self.off = 0
+        self.pos = 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        """The source belongs to the caller."""
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            raise tarfile.StreamError("reading a stream to its end is not supported")
+        avail = len(self.buf) - self.off
+        if n <= avail:
+            out = self.buf[self.off:self.off + n]
+            self.off += n
+            self.pos += n
+            return out
+        parts = [self.buf[self.off:]] if avail else []
+        got = avail
+        self.buf, self.off = b"", 0
+        while got < n:
+            need = n - got
+            chunk = self.src.read(max(need, self.bufsize))
+            if not chunk:
+                break
+            if len(chunk) > need:
+                parts.append(chunk[:need])
+                self.buf, self.off = chunk, need
+                got = n
+            else:
+                parts.append(chunk)
+                got += len(chunk)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos += len(out)
+        return out
+
+    def readinto(self, view: memoryview) -> int:
+        """Up to ``len(view)`` bytes into ``view``; 0 at the end of the stream."""
+        avail = len(self.buf) - self.off
+        if avail:
+            k = min(avail, len(view))
+            view[:k] = memoryview(self.buf)[self.off:self.off + k]
+            self.off += k
+            self.pos += k
+            return k
+        readinto = getattr(self.src, "readinto", None)
+        if callable(readinto):
+            k = int(readinto(view))
+        else:
+            b = self.src.read(len(view))
+            k = len(b)
+            view[:k] = b
+        self.pos += k
+        return k
+
+    def unread(self, data: bytes) -> None:
+        """Put back what was just read (the pax check looks before tarfile parses)."""
+        self.buf = data + self.buf[self.off:]
+        self.off = 0
+        self.pos -= len(data)
+
+    def seek(self, pos: int = 0) -> int:
+        ahead = pos - self.pos
+        if ahead < 0:
+            raise tarfile.StreamError("seeking backwards is not allowed")
+        avail = len(self.buf) - self.off
+        if ahead <= avail:
+            self.off += ahead
+            self.pos = pos
+            return pos
+        self.buf, self.off = b"", 0
+        left = ahead - avail
+        self.pos += avail
+        if self.skip_src is not None:
+            self.pos += self.skip_src(left)  # short at the end: the next read says so
+            return self.pos
+        while left:
+            chunk = self.src.read(min(left, CHUNK))
+            if not chunk:
+                break
+            left -= len(chunk)
+            self.pos += len(chunk)
+        return self.pos
+
+
 @contextlib.contextmanager
 def _open_stream(stream: BinaryIO) -> Iterator[_TarFile]:
     try:
-        tf = _TarFile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE,
-                           tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
+        # What tarfile.open(mode="r|") does, with the reader above.
+        tf = _TarFile(None, "r", _Stream(stream),  # type: ignore[arg-type]
+                      tarinfo=_TarInfo, encoding="utf-8", errors="surrogateescape")
     except DcbError:
         raise
     except Exception as e:
         raise CorruptArchive(f"not a readable tar stream: {e}",
                              hint="the artifact is damaged or not a tar archive") from None
-    skip = getattr(stream, "skip", None)
-    if callable(skip):
-        _skip_at_source(tf.fileobj, skip)
     try:
         yield tf
     finally:
         with contextlib.suppress(Exception):
             tf.close()
-
-
-def _skip_at_source(s: Any, skip: Callable[[int], int]) -> None:
-    """Make tarfile's stream skip member data at the source instead of reading it through
-    its buffer 64 KiB at a time (three copies of every byte). Only for sources that are read
-    anyway (the backup's in-line check): the data is not looked at, just passed over."""
-    def seek(pos: int = 0) -> int:
-        ahead = pos - s.pos
-        if ahead < 0:
-            raise tarfile.StreamError("seeking backwards is not allowed")
-        held = len(s.buf)
-        if ahead <= held:
-            s.buf = s.buf[ahead:]
-        else:
-            s.buf = b""
-            skip(ahead - held)  # short at the end of the stream: the next read says so
-        s.pos = pos
-        return pos
-
-    s.seek = seek
 
 
 def _next_member(tf: _TarFile, last: str | None) -> tarfile.TarInfo | None:
@@ -1096,7 +1174,8 @@ class _Direct:
         self.view.release()
         self.buf.close()
 
-    def copy(self, read: Callable[[int], bytes], fd: int, size: int, what: str) -> None:
+    def copy(self, readinto: Callable[[memoryview], int], fd: int, size: int,
+             what: str) -> None:
         import fcntl
 
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -1108,13 +1187,12 @@ class _Direct:
         view, fill, left = self.view, 0, size
         try:
             while left:
-                b = read(min(_DIRECT_BUFFER - fill, left))
-                if not b:
+                k = readinto(view[fill:fill + min(_DIRECT_BUFFER - fill, left)])
+                if not k:
                     raise CorruptArchive(f"tar stream ends inside {what!r} (truncated?)",
                                          hint="the artifact is damaged; verify the backup set")
-                view[fill:fill + len(b)] = b
-                fill += len(b)
-                left -= len(b)
+                fill += k
+                left -= k
                 if fill < _DIRECT_BUFFER and left:
                     continue
                 aligned = fill - fill % _ALIGN if direct else 0
@@ -1162,8 +1240,17 @@ def _copy_data(tf: tarfile.TarFile, m: _Member, fd: int, direct: _Direct | None 
         except Exception as exc:
             raise CorruptArchive(f"tar stream damaged in {e.path!r}: {exc}") from None
 
-    if direct is not None and m.sparse is None and e.size >= DIRECT_FROM:
-        direct.copy(read, fd, e.size, e.path)
+    if direct is not None and m.sparse is None and e.size >= DIRECT_FROM \
+            and isinstance(src, _Stream):
+        def readinto(view: memoryview) -> int:
+            try:
+                return src.readinto(view)
+            except DcbError:
+                raise
+            except Exception as exc:
+                raise CorruptArchive(f"tar stream damaged in {e.path!r}: {exc}") from None
+
+        direct.copy(readinto, fd, e.size, e.path)
         return
     regions = m.sparse if m.sparse is not None else [(0, e.size)]
     for off, n in regions:
