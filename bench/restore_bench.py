@@ -176,18 +176,21 @@ def main(argv: list[str] | None = None) -> int:
             k = (i - 1) % len(methods)
             for which in methods[k:] + methods[:k]:
                 time.sleep(max(0.0, last_end + args.fs_quiet - time.monotonic()))
+                before = _jiffies()
                 if which == "old":
                     res = run_old(stack, workdir / "old")
                 elif which == "fresh":
                     res = run_old_fresh(client, stack, workdir / "old")
                 else:
                     res = run_new(stack, dcb, cfg, set_id, args.delta, not args.no_undo)
+                res["steal"] = _steal_since(before)
                 last_end = time.monotonic()
                 runs[which].append(res)
                 extra = (f", undo {res['undo_wall']:.1f} s (release {res['release_wall']:.0f} s"
                          " untimed)" if "undo_wall" in res else "")
                 bb.log(f"round {i}: {which} {res['wall']:.1f} s{extra} (busy before "
-                       f"{res['busy_before'] * 100:.0f}%) " + json.dumps(
+                       f"{res['busy_before'] * 100:.0f}%, stolen {res['steal'] * 100:.0f}%) "
+                       + json.dumps(
                            {k2: round(v, 1) for k2, v in res["steps"].items()}))
         med = {k: statistics.median(x["wall"] for x in v) for k, v in runs.items()}
         span = {k: (min(x["wall"] for x in v), max(x["wall"] for x in v))
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nspeed-up of dcb: {med['old'] / med['dcb']:.2f}x against the old scripts, "
               f"{med['fresh'] / med['dcb']:.2f}x against the old commands into fresh targets "
               f"(target >= 2x; {args.rounds} rounds, scale {args.scale})")
+        print("  CPU time stolen by the hypervisor during the runs (median): " + ", ".join(
+            f"{w} {statistics.median(x['steal'] for x in runs[w]) * 100:.0f}%"
+            for w in ("old", "fresh", "dcb")))
         for which in ("old", "fresh", "dcb"):
             for key in runs[which][0]["steps"]:
                 vals = [x["steps"][key] for x in runs[which] if key in x["steps"]]
@@ -223,6 +229,19 @@ def main(argv: list[str] | None = None) -> int:
         if stack is not None and not args.keep:
             bb.destroy(client, stack.prefix)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _jiffies() -> list[float]:
+    with open("/proc/stat") as f:
+        return [float(x) for x in f.readline().split()[1:9]]
+
+
+def _steal_since(before: list[float]) -> float:
+    """The share of the CPUs' time the hypervisor gave to other guests since ``before``: on
+    a shared VM it slows every method, and a parallel one (dcb) most."""
+    now = _jiffies()
+    total = sum(now) - sum(before)
+    return (now[7] - before[7]) / total if total > 0 else 0.0
 
 
 def remove_undo_leftovers(client: docker.DockerClient, st: bb.Stack) -> None:
